@@ -1,0 +1,46 @@
+# ovms-graph developer entry points. Every target installs what it needs first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FIXTURES_VENV ?= .venv-fixtures
+HOST ?= 127.0.0.1
+PORT ?= 8000
+CONFIG ?= graphs/demo/config.json
+
+.PHONY: install test lint proto proto-check run fixtures fixtures-env bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+lint: install
+	$(VENV)/bin/ruff check ovms_graph calculators tests tools bench examples
+	$(VENV)/bin/mypy ovms_graph
+
+test: install lint
+	$(PY) -m pytest -q -p no:cacheprovider
+
+proto: install
+	$(PY) tools/gen_protos.py
+
+proto-check: install
+	$(PY) tools/gen_protos.py --check
+
+run: install
+	$(VENV)/bin/ovms-graph serve --config_path $(CONFIG) --rest_port $(PORT) --rest_bind_address $(HOST)
+
+fixtures-env: $(FIXTURES_VENV)/.installed
+
+$(FIXTURES_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(FIXTURES_VENV)
+	$(FIXTURES_VENV)/bin/python -m pip install -q -e ".[fixtures]"
+	touch $@
+
+fixtures: fixtures-env
+	bash tools/build_fixtures.sh $(FIXTURES_VENV)/bin/python
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

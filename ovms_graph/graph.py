@@ -1,0 +1,275 @@
+"""A loaded graph and the scheduler that runs one request through it.
+
+:meth:`Graph.load` parses and validates a graph.pbtxt, then builds every node's load-time resources
+once (the ``IMAGE_GEN_NODE_RESOURCES`` side packet, keyed by node name as OVMS does).
+:meth:`Graph.run` pushes one request's packets through the nodes on asyncio: blocking ``process``
+calls run in a bounded thread pool, packets on a stream reach consumers in emit order, a failing
+node ends the request with a typed error after every opened node was closed, and the graph stays
+usable for the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.message import Message
+
+from ovms_graph.calculator import Alias, Calculator, CalculatorContext, LoadContext, RequestContext
+from ovms_graph.errors import ConfigError, GenerationError, Problem, RequestCancelled, RequestError
+from ovms_graph.graph_config import GraphSpec, NodeSpec, parse_graph
+from ovms_graph.registry import Registry
+from ovms_graph.validation import validate_graph
+
+log = logging.getLogger("ovms_graph.graph")
+
+_END = object()
+
+
+class NodeFailure(GenerationError):
+    """A calculator raised something that is not a RequestError; the detail stays in the log."""
+
+
+@dataclass
+class NodeRuntime:
+    """A node ready to serve: its calculator class, options and side packets by tag key."""
+
+    spec: NodeSpec
+    calculator: type[Calculator]
+    options: Message | None
+    side_packets: dict[str, Any] = field(default_factory=dict)
+
+
+def load_spec(path: Path, registry: Registry) -> GraphSpec:
+    """Parse ``path`` against the option types of every registered calculator."""
+    return parse_graph(path, registry.option_types())
+
+
+class Graph:
+    """A validated graph with its resources built, ready to run requests."""
+
+    def __init__(self, name: str, spec: GraphSpec, nodes: list[NodeRuntime], ctx: LoadContext,
+                 resources: dict[str, Any]) -> None:
+        self.name = name
+        self.spec = spec
+        self.nodes = nodes
+        self.aliases: list[Alias] = list(ctx.aliases)
+        self.base_routable = ctx.base_routable
+        self.resources = resources
+        self.input_streams = {ref.key: ref.name for ref in spec.input_streams}
+        self.output_streams = {ref.name: ref.key for ref in spec.output_streams}
+        limits = [getattr(r, "concurrency", None) for r in resources.values()]
+        ints = [c for c in limits if isinstance(c, int) and c > 0]
+        #: How many requests the graph can run at once (None: no calculator limits it).
+        self.concurrency: int | None = min(ints) if ints else None
+
+    @classmethod
+    def load(cls, name: str, path: Path, registry: Registry) -> Graph:
+        """Parse, validate and build resources; raises ConfigError listing every problem."""
+        spec = load_spec(path, registry)
+        problems = validate_graph(spec, registry, graph_name=name)
+        if problems:
+            raise ConfigError(problems)
+        ctx = LoadContext(name, path)
+        nodes: list[NodeRuntime] = []
+        resources: dict[str, Any] = {}
+        for node in _topological(spec):
+            calc = registry.get(node.calculator)
+            options = next((o for o in node.options if isinstance(o, calc.options_types)), None)
+            runtime = NodeRuntime(node, calc, options)
+            if calc.resources_port is not None:
+                try:
+                    value = calc.create_resources(node, options, ctx)
+                except ConfigError as exc:
+                    for r in resources.values():
+                        _close_quietly(r)
+                    raise ConfigError([_locate(spec, node, p) for p in exc.problems]) from exc
+                except Exception as exc:
+                    for r in resources.values():
+                        _close_quietly(r)
+                    log.exception("loading node %s of graph %s failed", node.label, name)
+                    raise ConfigError(spec.problem(f"failed to build resources: {type(exc).__name__}: {exc}",
+                                                   node=node)) from exc
+                resources[node.name or node.label] = value
+                for ref in node.input_side_packets:
+                    if ref.tag == calc.resources_port:
+                        runtime.side_packets[ref.key] = value
+            nodes.append(runtime)
+        return cls(name, spec, nodes, ctx, resources)
+
+    def close(self) -> None:
+        """Release every node's resources (at shutdown). Idempotent."""
+        for value in self.resources.values():
+            _close_quietly(value)
+        self.resources = {}
+
+    async def run(self, inputs: Mapping[str, Any], request: RequestContext,
+                  executor: Executor | None = None) -> AsyncIterator[tuple[str, Any]]:
+        """Run one request: feed ``inputs`` (by graph input tag key) and yield ``(tag key, packet)``
+        from the graph outputs in order. Raises a RequestError subclass when a node fails.
+        Abandoning the iterator cancels the request and still closes every opened node."""
+        loop = asyncio.get_running_loop()
+        subscribers: dict[str, list[asyncio.Queue[Any]]] = {}
+        node_queues: dict[int, dict[str, asyncio.Queue[Any]]] = {}
+        for rt in self.nodes:
+            node_queues[rt.spec.index] = {}
+            for ref in rt.spec.input_streams:
+                q: asyncio.Queue[Any] = asyncio.Queue()
+                node_queues[rt.spec.index][ref.key] = q
+                subscribers.setdefault(ref.name, []).append(q)
+        outbox: asyncio.Queue[Any] = asyncio.Queue()
+        for stream in self.output_streams:
+            subscribers.setdefault(stream, []).append(outbox)
+
+        def publish(stream: str, item: Any) -> None:
+            for q in subscribers.get(stream, ()):
+                q.put_nowait((stream, item) if q is outbox else item)
+
+        tasks = [asyncio.ensure_future(self._run_node(rt, node_queues[rt.spec.index], publish, request,
+                                                       executor, loop)) for rt in self.nodes]
+        failure: asyncio.Future[BaseException] = loop.create_future()
+
+        def on_done(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None and not failure.done():
+                failure.set_result(task.exception())  # type: ignore[arg-type]
+                outbox.put_nowait(None)
+
+        for t in tasks:
+            t.add_done_callback(on_done)  # type: ignore[arg-type]
+        for key, value in inputs.items():
+            stream = self.input_streams.get(key)
+            if stream is None:
+                raise ValueError(f"graph {self.name} has no input stream tagged {key}")
+            publish(stream, (0, value))
+        for stream in self.input_streams.values():
+            publish(stream, _END)
+
+        open_outputs = set(self.output_streams)
+        try:
+            while open_outputs:
+                item = await outbox.get()
+                if item is None:
+                    break
+                stream, payload = item
+                if payload is _END:
+                    open_outputs.discard(stream)
+                    continue
+                yield self.output_streams[stream], payload[1]
+            if failure.done():
+                raise _typed(failure.result(), request)
+        finally:
+            if open_outputs or failure.done():
+                request.cancel()
+            await asyncio.shield(asyncio.gather(*tasks, return_exceptions=True))
+
+    async def _run_node(self, rt: NodeRuntime, inputs: dict[str, asyncio.Queue[Any]],
+                        publish: Callable[[str, Any], None], request: RequestContext,
+                        executor: Executor | None, loop: asyncio.AbstractEventLoop) -> None:
+        outputs = {ref.key: ref.name for ref in rt.spec.output_streams}
+        counters = {key: itertools.count() for key in outputs}
+        lock = threading.Lock()
+
+        def emit(tag: str, value: Any) -> None:
+            stream = outputs.get(tag)
+            if stream is None:
+                raise KeyError(f'node "{rt.spec.label}" has no output stream tagged {tag}')
+            with lock:
+                ts = next(counters[tag])
+            loop.call_soon_threadsafe(publish, stream, (ts, value))
+
+        calc = rt.calculator(rt.spec, rt.side_packets)
+        cc = CalculatorContext(node=rt.spec, options=rt.options, side_packets=rt.side_packets,
+                               request=request, emit=emit)
+
+        async def call(fn: Callable[[CalculatorContext], Any]) -> None:
+            if inspect.iscoroutinefunction(fn):
+                await fn(cc)
+            else:
+                await loop.run_in_executor(executor, fn, cc)
+
+        opened = False
+        try:
+            await call(calc.open)
+            opened = True
+            if not inputs:
+                await call(calc.process)
+            else:
+                heads: dict[str, tuple[int, Any] | None] = {}
+                ended: set[str] = set()
+                while True:
+                    for key, q in inputs.items():
+                        if key not in ended and heads.get(key) is None:
+                            item = await q.get()
+                            if item is _END:
+                                ended.add(key)
+                            else:
+                                heads[key] = item
+                    ready = {k: v for k, v in heads.items() if v is not None}
+                    if not ready:
+                        break
+                    ts = min(v[0] for v in ready.values())
+                    cc.inputs = {k: v[1] for k, v in ready.items() if v[0] == ts}
+                    cc.timestamp = ts
+                    for k in cc.inputs:
+                        heads[k] = None
+                    if request.cancelled:
+                        raise RequestCancelled("the client went away")
+                    await call(calc.process)
+        finally:
+            if opened:
+                try:
+                    await asyncio.shield(call(calc.close))
+                except Exception:
+                    log.exception('close() of node "%s" failed', rt.spec.label)
+            for stream in outputs.values():
+                loop.call_soon_threadsafe(publish, stream, _END)
+
+
+def _typed(exc: BaseException, request: RequestContext) -> RequestError:
+    if isinstance(exc, RequestError):
+        return exc
+    log.error("request %s failed in a calculator", request.request_id, exc_info=exc)
+    return NodeFailure(f"image generation failed (request {request.request_id}); see the server log")
+
+
+def _close_quietly(value: Any) -> None:
+    fn = getattr(value, "close", None)
+    if callable(fn):
+        try:
+            fn()
+        except Exception:
+            log.exception("closing resources failed")
+
+
+def _locate(spec: GraphSpec, node: NodeSpec, problem: Problem) -> Problem:
+    if problem.file is not None:
+        return problem
+    return spec.problem(problem.message, node=node, field=problem.field)
+
+
+def _topological(spec: GraphSpec) -> list[NodeSpec]:
+    produced_by = {ref.name: n.index for n in spec.nodes for ref in n.output_streams}
+    order: list[NodeSpec] = []
+    done: set[int] = set()
+
+    def visit(node: NodeSpec) -> None:
+        if node.index in done:
+            return
+        done.add(node.index)
+        for ref in node.input_streams:
+            src = produced_by.get(ref.name)
+            if src is not None:
+                visit(spec.nodes[src])
+        order.append(node)
+
+    for node in spec.nodes:
+        visit(node)
+    return order

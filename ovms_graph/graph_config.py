@@ -1,0 +1,342 @@
+"""Reading graph.pbtxt: MediaPipe's CalculatorGraphConfig in protobuf text format.
+
+:func:`parse_graph` turns a file into a :class:`GraphSpec`: the parsed proto, one
+:class:`NodeSpec` per node with its stream references split into tag, index and name, its options
+unpacked into the registered message types, and a source map so every later problem can name the
+line it comes from. Syntax errors are reported as ``file:line:column``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from google.protobuf.descriptor import FileDescriptor
+from google.protobuf.message import Message
+
+from ovms_graph.errors import ConfigError, Problem
+from ovms_graph.protos import calculator_pb2
+
+TAG_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+NAME_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class StreamRef:
+    """A ``TAG:name`` / ``TAG:index:name`` / ``name`` reference to a stream or side packet."""
+
+    raw: str
+    tag: str
+    index: int
+    name: str
+
+    @property
+    def key(self) -> str:
+        """``TAG`` for index 0, ``TAG:index`` otherwise: how calculators address the port."""
+        return self.tag if self.index == 0 else f"{self.tag}:{self.index}"
+
+
+def parse_stream_ref(raw: str) -> StreamRef:
+    """Split a stream reference; raises ValueError with a user-facing reason when malformed."""
+    parts = raw.split(":")
+    if len(parts) == 1:
+        tag, index, name = "", "0", parts[0]
+    elif len(parts) == 2:
+        tag, index, name = parts[0], "0", parts[1]
+    elif len(parts) == 3:
+        tag, index, name = parts
+    else:
+        raise ValueError(f'"{raw}" is not TAG:name, TAG:index:name or name')
+    if tag and not TAG_RE.match(tag):
+        raise ValueError(f'"{raw}": tag "{tag}" must match [A-Z_][A-Z0-9_]*')
+    if not index.isdigit():
+        raise ValueError(f'"{raw}": index "{index}" must be a non-negative integer')
+    if not NAME_RE.match(name):
+        raise ValueError(f'"{raw}": name "{name}" must match [a-z_][a-z0-9_]*')
+    return StreamRef(raw, tag, int(index), name)
+
+
+class SourceMap:
+    """Line numbers of the nodes and fields of one pbtxt text."""
+
+    def __init__(self, text: str) -> None:
+        self._lines: dict[str, int] = {}
+        self._build(text)
+
+    def _record(self, path: str, line: int) -> None:
+        self._lines.setdefault(path, line)
+        self._lines.setdefault(re.sub(r"\[0\]$", "", path), line)
+        self._lines.setdefault(re.sub(r"\[\d+\]", "", path), line)
+
+    def _build(self, text: str) -> None:
+        tok = text_format.Tokenizer(text.splitlines(keepends=True))
+        toks: list[tuple[str, int]] = []
+        try:
+            while not tok.AtEnd():
+                toks.append((tok.token, tok._line + 1))  # noqa: SLF001 - the public API has no positions
+                tok.NextToken()
+        except Exception:  # a malformed tail still maps what came before it
+            pass
+        stack: list[str] = []
+        counters: list[dict[str, int]] = [defaultdict(int)]
+        i, n = 0, len(toks)
+        while i < n:
+            t, line = toks[i]
+            if t in ("}", ">"):
+                if stack:
+                    stack.pop()
+                    counters.pop()
+                i += 1
+                continue
+            if t == "[":
+                j = i + 1
+                while j < n and toks[j][0] != "]":
+                    j += 1
+                j += 1
+                if j < n and toks[j][0] == ":":
+                    j += 1
+                if j < n and toks[j][0] in ("{", "<"):
+                    stack.append("")  # Any / extension bracket: transparent in paths
+                    counters.append(defaultdict(int))
+                    i = j + 1
+                    continue
+                i = j
+                continue
+            if _IDENT_RE.match(t) and i + 1 < n and toks[i + 1][0] in (":", "{", "<"):
+                j = i + 1
+                if toks[j][0] == ":":
+                    j += 1
+                idx = counters[-1][t]
+                counters[-1][t] += 1
+                segment = f"{t}[{idx}]"
+                path = ".".join(s for s in [*stack, segment] if s)
+                self._record(path, line)
+                if j < n and toks[j][0] in ("{", "<"):
+                    stack.append(segment)
+                    counters.append(defaultdict(int))
+                    i = j + 1
+                    continue
+                if j < n and toks[j][0] == "[":
+                    while j < n and toks[j][0] != "]":
+                        j += 1
+                i = j + 1
+                continue
+            i += 1
+
+    def node_line(self, index: int) -> int | None:
+        return self._lines.get(f"node[{index}]")
+
+    def field_line(self, node_index: int | None, field_path: str) -> int | None:
+        """Line of ``field_path`` (e.g. ``lora_adapters[1].alias``) in a node, or at graph level.
+
+        A field that is absent (e.g. a missing required one) maps to its closest present parent.
+        """
+        prefix = f"node[{node_index}]." if node_index is not None else ""
+        segments = field_path.split(".")
+        while segments:
+            path = ".".join(segments)
+            for container in ("", "node_options[0].", "options[0].", "node_options.", "options."):
+                line = self._lines.get(prefix + container + path)
+                if line is not None:
+                    return line
+            segments.pop()
+        return self.node_line(node_index) if node_index is not None else None
+
+
+@dataclass
+class NodeSpec:
+    """One node of a graph, with its references parsed and its options unpacked."""
+
+    index: int
+    name: str
+    label: str
+    calculator: str
+    input_streams: list[StreamRef]
+    output_streams: list[StreamRef]
+    input_side_packets: list[StreamRef]
+    output_side_packets: list[StreamRef]
+    proto: calculator_pb2.CalculatorGraphConfig.Node
+    line: int | None
+    options: list[Message] = field(default_factory=list)
+
+    def option(self, message_type: type[Message]) -> Message | None:
+        """The node's options of ``message_type``, or None."""
+        for opt in self.options:
+            if isinstance(opt, message_type):
+                return opt
+        return None
+
+
+@dataclass
+class GraphSpec:
+    """A parsed graph.pbtxt. Structural validity is checked separately (``validation``)."""
+
+    file: Path
+    proto: calculator_pb2.CalculatorGraphConfig
+    source: SourceMap
+    input_streams: list[StreamRef]
+    output_streams: list[StreamRef]
+    input_side_packets: list[StreamRef]
+    nodes: list[NodeSpec]
+    problems: list[Problem]
+
+    def problem(self, message: str, *, node: NodeSpec | None = None, field: str | None = None) -> Problem:
+        """A Problem located in this graph (file, line, node, calculator, field)."""
+        if node is None:
+            line = self.source.field_line(None, field) if field else None
+            return Problem(message, file=str(self.file), line=line, field=field)
+        line = self.source.field_line(node.index, field) if field else node.line
+        return Problem(message, file=str(self.file), line=line or node.line, node=node.label,
+                       calculator=node.calculator or None, field=field)
+
+
+def _relaxed_file(fd: FileDescriptor) -> descriptor_pb2.FileDescriptorProto:
+    proto = descriptor_pb2.FileDescriptorProto()
+    fd.CopyToProto(proto)
+
+    def relax(messages: Sequence[descriptor_pb2.DescriptorProto]) -> None:
+        for m in messages:
+            for f in m.field:
+                if f.label == descriptor_pb2.FieldDescriptorProto.LABEL_REQUIRED:
+                    f.label = descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
+            relax(m.nested_type)
+
+    relax(proto.message_type)
+    return proto
+
+
+@lru_cache(maxsize=32)
+def _relaxed_graph_class(option_types: tuple[type[Message], ...]) -> tuple[type[Message], descriptor_pool.DescriptorPool]:
+    """A CalculatorGraphConfig class whose pool knows ``option_types`` with required fields relaxed.
+
+    text_format packs Any values eagerly and fails on a missing required field without saying
+    where; parsing against relaxed copies lets the validator report it with file, line and node.
+    """
+    pool = descriptor_pool.DescriptorPool()
+    added: set[str] = set()
+
+    def add(fd: FileDescriptor) -> None:
+        if fd.name in added:
+            return
+        for dep in fd.dependencies:
+            add(dep)
+        pool.Add(_relaxed_file(fd))
+        added.add(fd.name)
+
+    add(calculator_pb2.DESCRIPTOR)
+    for t in option_types:
+        add(t.DESCRIPTOR.file)
+    files = sorted(added)
+    message_factory.GetMessageClassesForFiles(files, pool)
+    graph_cls = message_factory.GetMessageClass(pool.FindMessageTypeByName("mediapipe.CalculatorGraphConfig"))
+    return graph_cls, pool
+
+
+def _any_type_line(text: str, type_name: str) -> int | None:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if type_name in line:
+            return number
+    return None
+
+
+def parse_graph_text(text: str, file: Path, option_types: Sequence[type[Message]]) -> GraphSpec:
+    """Parse pbtxt ``text``; raises ConfigError on syntax errors (file:line:column)."""
+    graph_cls, pool = _relaxed_graph_class(tuple(option_types))
+    relaxed = graph_cls()
+    try:
+        text_format.Parse(text, relaxed, descriptor_pool=pool)
+    except text_format.ParseError as exc:
+        line, col = exc.GetLine(), exc.GetColumn()
+        message = str(exc)
+        if line is not None:
+            message = re.sub(r"^\d+:\d+ : ", "", message)
+        missing = re.match(r"Type (\S+) not found in descriptor pool", message)
+        if missing:
+            type_name = missing.group(1)
+            line = _any_type_line(text, type_name)
+            known = ", ".join(sorted(t.DESCRIPTOR.full_name for t in option_types)) or "none"
+            message = (f'node_options type "{type_name}" is not provided by any registered calculator '
+                       f"(known option types: {known})")
+        where = f"{file}:{line}:{col}" if line is not None and col is not None else (
+            f"{file}:{line}" if line is not None else str(file))
+        raise ConfigError(Problem(f"syntax error: {message}", file=where)) from exc
+    proto = calculator_pb2.CalculatorGraphConfig.FromString(relaxed.SerializePartialToString())
+    return _build_spec(text, file, proto, option_types)
+
+
+def parse_graph(path: Path, option_types: Sequence[type[Message]]) -> GraphSpec:
+    """Read and parse ``path``; raises ConfigError when it cannot be read or parsed."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(Problem(f"cannot read graph: {exc.strerror or exc}", file=str(path))) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(Problem("graph is not UTF-8 text", file=str(path))) from exc
+    return parse_graph_text(text, path, option_types)
+
+
+def _refs(values: Sequence[str], what: str, spec_problems: list[tuple[str, str]]) -> list[StreamRef]:
+    refs = []
+    for raw in values:
+        try:
+            refs.append(parse_stream_ref(raw))
+        except ValueError as exc:
+            spec_problems.append((what, str(exc)))
+    return refs
+
+
+def _build_spec(text: str, file: Path, proto: calculator_pb2.CalculatorGraphConfig,
+                option_types: Sequence[type[Message]]) -> GraphSpec:
+    source = SourceMap(text)
+    by_name = {t.DESCRIPTOR.full_name: t for t in option_types}
+    graph_problems: list[tuple[str, str]] = []
+    spec = GraphSpec(
+        file=file, proto=proto, source=source,
+        input_streams=_refs(proto.input_stream, "input_stream", graph_problems),
+        output_streams=_refs(proto.output_stream, "output_stream", graph_problems),
+        input_side_packets=_refs(proto.input_side_packet, "input_side_packet", graph_problems),
+        nodes=[], problems=[],
+    )
+    for fld, msg in graph_problems:
+        spec.problems.append(spec.problem(msg, field=fld))
+    for index, node_proto in enumerate(proto.node):
+        node_problems: list[tuple[str, str]] = []
+        label = node_proto.name or f"#{index} {node_proto.calculator or '?'}"
+        node = NodeSpec(
+            index=index, name=node_proto.name, label=node_proto.name or f"#{index}",
+            calculator=node_proto.calculator,
+            input_streams=_refs(node_proto.input_stream, "input_stream", node_problems),
+            output_streams=_refs(node_proto.output_stream, "output_stream", node_problems),
+            input_side_packets=_refs(node_proto.input_side_packet, "input_side_packet", node_problems),
+            output_side_packets=_refs(node_proto.output_side_packet, "output_side_packet", node_problems),
+            proto=node_proto, line=source.node_line(index),
+        )
+        del label
+        for any_index, packed in enumerate(node_proto.node_options):
+            type_name = packed.type_url.rsplit("/", 1)[-1]
+            cls = by_name.get(type_name)
+            fld = f"node_options[{any_index}]" if len(node_proto.node_options) > 1 else "node_options"
+            if cls is None:
+                node_problems.append((fld, f'unknown options type "{type_name}"'))
+                continue
+            msg = cls()
+            msg.ParseFromString(packed.value)
+            node.options.append(msg)
+        if node_proto.HasField("options"):
+            for cls in option_types:
+                ext = getattr(cls, "ext", None)
+                if ext is not None and node_proto.options.HasExtension(ext):
+                    node.options.append(node_proto.options.Extensions[ext])
+        for opt in node.options:
+            for missing in opt.FindInitializationErrors():
+                node_problems.append((missing, "required field is missing"))
+        for fld, msg in node_problems:
+            spec.problems.append(spec.problem(msg, node=node, field=fld))
+        spec.nodes.append(node)
+    return spec

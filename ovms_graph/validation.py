@@ -1,0 +1,254 @@
+"""Graph validation: every structural problem of a GraphSpec, one Problem each.
+
+Checks, in MediaPipe's spirit (``validated_graph_config.cc``): fields the runtime does not act on
+are refused by name; stream references follow MediaPipe's grammar; every node input has exactly one
+producer; graph outputs are produced; side packets are provided; there are no cycles; calculators
+exist; port tags, requiredness, exact names and types match each calculator's declared contract;
+node options are of a type the calculator accepts; and each calculator's own ``contract`` and
+``check_options`` hooks pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf.message import Message
+
+from ovms_graph.calculator import Calculator, LoadContext, Port
+from ovms_graph.errors import Problem, RegistryError
+from ovms_graph.graph_config import GraphSpec, NodeSpec, StreamRef
+from ovms_graph.packets import HttpPayload, HttpResponse, ServerSentEvent
+from ovms_graph.registry import Registry
+
+# The only CalculatorGraphConfig / Node fields the runtime acts on (SPEC §4); others are refused.
+GRAPH_FIELDS = {"node", "input_stream", "output_stream", "input_side_packet"}
+NODE_FIELDS = {"name", "calculator", "input_stream", "output_stream", "input_side_packet",
+               "output_side_packet", "options", "node_options"}
+
+# Types of the streams the front end feeds and reads, by tag.
+WELL_KNOWN_STREAM_TYPES: dict[str, Any] = {
+    "HTTP_REQUEST_PAYLOAD": HttpPayload,
+    "HTTP_RESPONSE_PAYLOAD": (HttpResponse, ServerSentEvent),
+}
+
+
+def _as_tuple(t: Any) -> tuple[Any, ...]:
+    return t if isinstance(t, tuple) else (t,)
+
+
+def types_compatible(produced: Any, consumed: Any) -> bool:
+    """Whether packets of type ``produced`` may flow into a port declared as ``consumed``."""
+    if produced is Any or consumed is Any or produced is object or consumed is object:
+        return True
+    wanted = _as_tuple(consumed)
+    for p in _as_tuple(produced):
+        if not any(isinstance(p, type) and isinstance(c, type) and issubclass(p, c) for c in wanted):
+            return False
+    return True
+
+
+def type_name(t: Any) -> str:
+    if isinstance(t, tuple):
+        return " | ".join(type_name(x) for x in t)
+    return getattr(t, "__name__", str(t))
+
+
+def _refused_fields(spec: GraphSpec) -> list[Problem]:
+    problems = []
+    for fd, _ in spec.proto.ListFields():
+        if fd.name not in GRAPH_FIELDS:
+            problems.append(spec.problem(
+                f"graph field \"{fd.name}\" is part of MediaPipe's schema but ovms-graph does not act on it; "
+                "remove it", field=fd.name))
+    for node in spec.nodes:
+        for fd, _ in node.proto.ListFields():
+            if fd.name not in NODE_FIELDS:
+                problems.append(spec.problem(
+                    f"node field \"{fd.name}\" is part of MediaPipe's schema but ovms-graph does not act on it; "
+                    "remove it", node=node, field=fd.name))
+    return problems
+
+
+def _port_problems(spec: GraphSpec, node: NodeSpec, calc: type[Calculator]) -> list[Problem]:
+    problems: list[Problem] = []
+    groups: list[tuple[str, list[StreamRef], tuple[Port, ...]]] = [
+        ("input_stream", node.input_streams, calc.inputs),
+        ("output_stream", node.output_streams, calc.outputs),
+        ("input_side_packet", node.input_side_packets, calc.input_side_packets),
+        ("output_side_packet", node.output_side_packets, calc.output_side_packets),
+    ]
+    for fld, refs, ports in groups:
+        declared = {p.tag: p for p in ports}
+        seen: set[str] = set()
+        for ref in refs:
+            port = declared.get(ref.tag)
+            if port is None:
+                allowed = ", ".join(sorted(declared)) or "none"
+                shown = ref.tag or "(no tag)"
+                problems.append(spec.problem(
+                    f'unknown tag {shown} in "{ref.raw}"; {calc.registry_name()} declares: {allowed}',
+                    node=node, field=fld))
+                continue
+            if ref.key in seen:
+                problems.append(spec.problem(f'port {ref.key} is connected twice', node=node, field=fld))
+            seen.add(ref.key)
+            if port.exact_name is not None and ref.name != port.exact_name:
+                problems.append(spec.problem(
+                    f'expected "{port.tag}:{port.exact_name}" exactly, got "{ref.raw}"', node=node, field=fld))
+        for port in ports:
+            if port.required and port.tag not in {r.tag for r in refs}:
+                example = f"{port.tag}:{port.exact_name or port.tag.lower()}"
+                problems.append(spec.problem(
+                    f'required port {port.tag} ({port.description}) is not connected; add {fld}: "{example}"',
+                    node=node, field=fld))
+    return problems
+
+
+def _cycle(spec: GraphSpec, producers: dict[str, int]) -> list[int] | None:
+    edges: dict[int, set[int]] = {n.index: set() for n in spec.nodes}
+    for node in spec.nodes:
+        for ref in node.input_streams:
+            src = producers.get(ref.name)
+            if src is not None and src >= 0:
+                edges[src].add(node.index)
+    state: dict[int, int] = {}
+    stack: list[int] = []
+
+    def visit(n: int) -> list[int] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(edges[n]):
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in state:
+                found = visit(m)
+                if found:
+                    return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(edges):
+        if n not in state:
+            found = visit(n)
+            if found:
+                return found
+    return None
+
+
+def validate_graph(spec: GraphSpec, registry: Registry, *, graph_name: str | None = None,
+                   check_options: bool = True) -> list[Problem]:
+    """Every problem of ``spec`` (including those found while parsing), in file order."""
+    problems: list[Problem] = list(spec.problems) + _refused_fields(spec)
+    calcs: dict[int, type[Calculator]] = {}
+    for node in spec.nodes:
+        if not node.calculator:
+            problems.append(spec.problem("calculator is not set", node=node, field="calculator"))
+            continue
+        try:
+            calcs[node.index] = registry.get(node.calculator)
+        except RegistryError as exc:
+            problems.append(spec.problem(str(exc), node=node, field="calculator"))
+
+    names: dict[str, NodeSpec] = {}
+    for node in spec.nodes:
+        if not node.name:
+            calc = calcs.get(node.index)
+            if calc is not None and calc.requires_name:
+                problems.append(spec.problem(f"{calc.registry_name()} nodes must have a name", node=node,
+                                             field="name"))
+            continue
+        if node.name in names:
+            problems.append(spec.problem(f'node name "{node.name}" is used twice (first on line '
+                                         f"{names[node.name].line})", node=node, field="name"))
+        names.setdefault(node.name, node)
+
+    # Producers: graph inputs (-1) and node outputs; each stream name exactly once.
+    producers: dict[str, int] = {}
+    producer_types: dict[str, Any] = {}
+    for ref in spec.input_streams:
+        if ref.name in producers:
+            problems.append(spec.problem(f'stream "{ref.name}" is declared twice', field="input_stream"))
+        producers[ref.name] = -1
+        producer_types[ref.name] = WELL_KNOWN_STREAM_TYPES.get(ref.tag, Any)
+    for node in spec.nodes:
+        calc = calcs.get(node.index)
+        declared = {p.tag: p for p in calc.outputs} if calc else {}
+        for ref in node.output_streams:
+            if ref.name in producers:
+                other = producers[ref.name]
+                by = "a graph input_stream" if other < 0 else f'node "{spec.nodes[other].label}"'
+                problems.append(spec.problem(f'stream "{ref.name}" already has a producer: {by}; '
+                                             "every stream needs exactly one", node=node, field="output_stream"))
+                continue
+            producers[ref.name] = node.index
+            port = declared.get(ref.tag)
+            producer_types[ref.name] = port.type if port else Any
+
+    side_available = {ref.name for ref in spec.input_side_packets}
+    for node in spec.nodes:
+        side_available.update(ref.name for ref in node.output_side_packets)
+
+    for node in spec.nodes:
+        calc = calcs.get(node.index)
+        inputs = {p.tag: p for p in calc.inputs} if calc else {}
+        for ref in node.input_streams:
+            if ref.name not in producers:
+                problems.append(spec.problem(
+                    f'input stream "{ref.name}" has no producer (no graph input_stream or node output_stream '
+                    "is named so)", node=node, field="input_stream"))
+                continue
+            port = inputs.get(ref.tag)
+            if port is not None and not types_compatible(producer_types[ref.name], port.type):
+                problems.append(spec.problem(
+                    f'stream "{ref.name}" carries {type_name(producer_types[ref.name])} but {ref.tag} expects '
+                    f"{type_name(port.type)}", node=node, field="input_stream"))
+        for ref in node.input_side_packets:
+            own = calc is not None and calc.resources_port == ref.tag
+            if not own and ref.name not in side_available:
+                problems.append(spec.problem(
+                    f'input side packet "{ref.raw}" is not provided (by a graph input_side_packet, a node '
+                    "output_side_packet or the calculator's own resources)", node=node, field="input_side_packet"))
+
+    for ref in spec.output_streams:
+        if ref.name not in producers:
+            problems.append(spec.problem(f'graph output stream "{ref.name}" is not produced by any node',
+                                         field="output_stream"))
+        else:
+            expected = WELL_KNOWN_STREAM_TYPES.get(ref.tag)
+            if expected is not None and not types_compatible(producer_types[ref.name], expected):
+                problems.append(spec.problem(
+                    f'graph output "{ref.raw}" carries {type_name(producer_types[ref.name])}, expected '
+                    f"{type_name(expected)}", field="output_stream"))
+
+    cycle = _cycle(spec, producers)
+    if cycle:
+        path = " -> ".join(f'"{spec.nodes[i].label}"' for i in cycle)
+        problems.append(spec.problem(f"the graph has a cycle: {path}", node=spec.nodes[cycle[0]]))
+
+    ctx = LoadContext(graph_name or spec.file.parent.name, spec.file)
+    for node in spec.nodes:
+        calc = calcs.get(node.index)
+        if calc is None:
+            continue
+        problems.extend(_port_problems(spec, node, calc))
+        accepted: tuple[type[Message], ...] = calc.options_types
+        for opt in node.options:
+            if not isinstance(opt, accepted):
+                names_ok = ", ".join(t.DESCRIPTOR.full_name for t in accepted) or "no options"
+                problems.append(spec.problem(
+                    f"options of type {opt.DESCRIPTOR.full_name} are not accepted by {calc.registry_name()} "
+                    f"(accepts {names_ok})", node=node, field="node_options"))
+        for issue in calc.contract(node):
+            problems.append(spec.problem(issue.message, node=node, field=issue.field))
+        if check_options and not any(p.node == node.label for p in problems):
+            opts = [o for o in node.options if isinstance(o, accepted)]
+            try:
+                issues = list(calc.check_options(node, opts[0] if opts else None, ctx))
+            except Exception as exc:  # a calculator bug must still be reported, with its node
+                issues = []
+                problems.append(spec.problem(f"check_options failed: {type(exc).__name__}: {exc}", node=node))
+            for issue in issues:
+                problems.append(spec.problem(issue.message, node=node, field=issue.field))
+    problems.sort(key=lambda p: (p.line or 0))
+    return problems
