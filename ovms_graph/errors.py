@@ -119,7 +119,7 @@ def error_kind(error: RequestError) -> ErrorKind:
     """The HTTP status and OpenAI error type for ``error``."""
     for cls in type(error).__mro__:
         if cls in ERROR_TABLE:
-            return ERROR_TABLE[cls]  # type: ignore[index]
+            return ERROR_TABLE[cls]
     return ErrorKind(500, "server_error")
 
 

@@ -74,11 +74,15 @@ class Graph:
     @classmethod
     def load(cls, name: str, path: Path, registry: Registry) -> Graph:
         """Parse, validate and build resources; raises ConfigError listing every problem."""
-        spec = load_spec(path, registry)
+        return cls.from_spec(name, load_spec(path, registry), registry)
+
+    @classmethod
+    def from_spec(cls, name: str, spec: GraphSpec, registry: Registry) -> Graph:
+        """Validate an already parsed graph and build its resources (``load`` without the file read)."""
         problems = validate_graph(spec, registry, graph_name=name)
         if problems:
             raise ConfigError(problems)
-        ctx = LoadContext(name, path)
+        ctx = LoadContext(name, spec.file)
         nodes: list[NodeRuntime] = []
         resources: dict[str, Any] = {}
         for node in _topological(spec):
@@ -143,14 +147,14 @@ class Graph:
                 outbox.put_nowait(None)
 
         for t in tasks:
-            t.add_done_callback(on_done)  # type: ignore[arg-type]
+            t.add_done_callback(on_done)
         for key, value in inputs.items():
-            stream = self.input_streams.get(key)
-            if stream is None:
+            input_stream = self.input_streams.get(key)
+            if input_stream is None:
                 raise ValueError(f"graph {self.name} has no input stream tagged {key}")
-            publish(stream, (0, value))
-        for stream in self.input_streams.values():
-            publish(stream, _END)
+            publish(input_stream, (0, value))
+        for input_stream in self.input_streams.values():
+            publish(input_stream, _END)
 
         open_outputs = set(self.output_streams)
         try:

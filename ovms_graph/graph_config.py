@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 from google.protobuf.descriptor import FileDescriptor
@@ -79,7 +80,7 @@ class SourceMap:
         toks: list[tuple[str, int]] = []
         try:
             while not tok.AtEnd():
-                toks.append((tok.token, tok._line + 1))  # noqa: SLF001 - the public API has no positions
+                toks.append((tok.token, int(getattr(tok, "_line")) + 1))  # noqa: B009 - no public position API
                 tok.NextToken()
         except Exception:  # a malformed tail still maps what came before it
             pass
@@ -164,6 +165,8 @@ class NodeSpec:
     proto: calculator_pb2.CalculatorGraphConfig.Node
     line: int | None
     options: list[Message] = field(default_factory=list)
+    #: Fields holding a malformed stream reference (already reported while parsing).
+    malformed: set[str] = field(default_factory=set)
 
     def option(self, message_type: type[Message]) -> Message | None:
         """The node's options of ``message_type``, or None."""
@@ -221,7 +224,7 @@ def _relaxed_graph_class(option_types: tuple[type[Message], ...]) -> tuple[type[
     pool = descriptor_pool.DescriptorPool()
     added: set[str] = set()
 
-    def add(fd: FileDescriptor) -> None:
+    def add(fd: Any) -> None:
         if fd.name in added:
             return
         for dep in fd.dependencies:
@@ -325,18 +328,19 @@ def _build_spec(text: str, file: Path, proto: calculator_pb2.CalculatorGraphConf
             if cls is None:
                 node_problems.append((fld, f'unknown options type "{type_name}"'))
                 continue
-            msg = cls()
-            msg.ParseFromString(packed.value)
-            node.options.append(msg)
+            unpacked = cls()
+            unpacked.ParseFromString(packed.value)
+            node.options.append(unpacked)
         if node_proto.HasField("options"):
             for cls in option_types:
                 ext = getattr(cls, "ext", None)
                 if ext is not None and node_proto.options.HasExtension(ext):
                     node.options.append(node_proto.options.Extensions[ext])
         for opt in node.options:
-            for missing in opt.FindInitializationErrors():
+            for missing in opt.FindInitializationErrors():  # type: ignore[attr-defined]
                 node_problems.append((missing, "required field is missing"))
-        for fld, msg in node_problems:
-            spec.problems.append(spec.problem(msg, node=node, field=fld))
+        for fld, text in node_problems:
+            spec.problems.append(spec.problem(text, node=node, field=fld))
+            node.malformed.add(fld)
         spec.nodes.append(node)
     return spec

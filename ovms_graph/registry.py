@@ -41,14 +41,21 @@ class Registry:
     def from_entry_points(cls, group: str = ENTRY_POINT_GROUP) -> Registry:
         """Every calculator installed in ``group``; nothing is imported yet."""
         registry = cls()
-        for ep in metadata.entry_points(group=group):
-            dist = ep.dist.name if ep.dist is not None else "?"
-            lazy = _Lazy(ep.name, ep.value, f"{ep.value} (from {dist})")
-            previous = registry._lazy.get(ep.name)
-            if previous is not None and previous.value != ep.value:
-                registry._conflicts.setdefault(ep.name, [previous.origin]).append(lazy.origin)
-                continue
-            registry._lazy[ep.name] = lazy
+        # Walk distributions rather than entry_points(), which silently keeps only the first of two
+        # entry points with one name: a conflict must be reported, not resolved by sys.path order.
+        seen: set[tuple[str, str, str]] = set()
+        for dist in metadata.distributions():
+            dist_name = dist.metadata["Name"] or "?"
+            for ep in dist.entry_points:
+                if ep.group != group or (dist_name, ep.name, ep.value) in seen:
+                    continue
+                seen.add((dist_name, ep.name, ep.value))
+                lazy = _Lazy(ep.name, ep.value, f"{ep.value} (from {dist_name})")
+                previous = registry._lazy.get(ep.name)
+                if previous is not None and previous.value != ep.value:
+                    registry._conflicts.setdefault(ep.name, [previous.origin]).append(lazy.origin)
+                    continue
+                registry._lazy[ep.name] = lazy
         return registry
 
     def register(self, calculator: type[Calculator], *, origin: str | None = None) -> type[Calculator]:

@@ -96,7 +96,7 @@ def _port_problems(spec: GraphSpec, node: NodeSpec, calc: type[Calculator]) -> l
                 problems.append(spec.problem(
                     f'expected "{port.tag}:{port.exact_name}" exactly, got "{ref.raw}"', node=node, field=fld))
         for port in ports:
-            if port.required and port.tag not in {r.tag for r in refs}:
+            if port.required and fld not in node.malformed and port.tag not in {r.tag for r in refs}:
                 example = f"{port.tag}:{port.exact_name or port.tag.lower()}"
                 problems.append(spec.problem(
                     f'required port {port.tag} ({port.description}) is not connected; add {fld}: "{example}"',

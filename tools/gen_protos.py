@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import re
-import shutil
 import sys
 import tempfile
 from importlib import resources
