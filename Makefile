@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 lint: install
-	$(VENV)/bin/ruff check ovms_graph calculators tests tools bench examples
+	$(VENV)/bin/ruff check $(wildcard ovms_graph calculators tests tools bench examples)
 	$(VENV)/bin/mypy ovms_graph
 
 test: install lint

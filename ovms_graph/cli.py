@@ -136,7 +136,8 @@ def _add_common_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_pull_flags(p: argparse.ArgumentParser, *, required: bool) -> None:
     g = p.add_argument_group("pull")
-    g.add_argument("--source_model", required=required, help="Hugging Face model id, e.g. OpenVINO/stable-diffusion-v1-5-int8-ov")
+    g.add_argument("--source_model", required=required,
+                   help="Hugging Face model id, e.g. OpenVINO/stable-diffusion-v1-5-int8-ov")
     g.add_argument("--model_repository_path", type=Path, required=required, help="folder models are pulled into")
     g.add_argument("--task", choices=("image_generation",), help="task; inferred from model_index.json when omitted")
     g.add_argument("--model_name", help="served name (default: the source model id)")

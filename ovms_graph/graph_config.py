@@ -215,7 +215,8 @@ def _relaxed_file(fd: FileDescriptor) -> descriptor_pb2.FileDescriptorProto:
 
 
 @lru_cache(maxsize=32)
-def _relaxed_graph_class(option_types: tuple[type[Message], ...]) -> tuple[type[Message], descriptor_pool.DescriptorPool]:
+def _relaxed_graph_class(
+        option_types: tuple[type[Message], ...]) -> tuple[type[Message], descriptor_pool.DescriptorPool]:
     """A CalculatorGraphConfig class whose pool knows ``option_types`` with required fields relaxed.
 
     text_format packs Any values eagerly and fails on a missing required field without saying

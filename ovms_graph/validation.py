@@ -119,7 +119,7 @@ def _cycle(spec: GraphSpec, producers: dict[str, int]) -> list[int] | None:
         stack.append(n)
         for m in sorted(edges[n]):
             if state.get(m) == 1:
-                return stack[stack.index(m):] + [m]
+                return [*stack[stack.index(m):], m]
             if m not in state:
                 found = visit(m)
                 if found:

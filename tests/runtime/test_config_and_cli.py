@@ -131,8 +131,8 @@ def test_bad_flags_exit_2_naming_the_flag(argv: list[str], message: str, capsys:
 
 
 def test_ovms_command_lines_parse_after_replacing_ovms() -> None:
-    ns = build_parser().parse_args(
-        "serve --rest_port 8000 --model_repository_path /models/ --task image_generation "
-        "--source_model stabilityai/stable-diffusion-xl-base-1.0 --source_loras xray=a/b --weight-format int4".split())
+    argv = ("serve --rest_port 8000 --model_repository_path /models/ --task image_generation "
+            "--source_model stabilityai/stable-diffusion-xl-base-1.0 --source_loras xray=a/b --weight-format int4")
+    ns = build_parser().parse_args(argv.split(" "))
     assert (ns.rest_port, ns.task, ns.source_model, ns.weight_format) == (
         8000, "image_generation", "stabilityai/stable-diffusion-xl-base-1.0", "int4")
