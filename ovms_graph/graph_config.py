@@ -140,6 +140,9 @@ class SourceMap:
         """
         prefix = f"node[{node_index}]." if node_index is not None else ""
         segments = field_path.split(".")
+        inside_options = len(segments) > 1 and segments[0] in ("node_options", "options")
+        if inside_options:
+            segments = segments[1:]  # "node_options.x": x inside the options, either spelling
         while segments:
             path = ".".join(segments)
             for container in ("", "node_options[0].", "options[0].", "node_options.", "options."):
@@ -147,6 +150,10 @@ class SourceMap:
                 if line is not None:
                     return line
             segments.pop()
+        for container in ("node_options", "options") if inside_options else ():
+            line = self._lines.get(prefix + container)
+            if line is not None:
+                return line
         return self.node_line(node_index) if node_index is not None else None
 
 
@@ -322,6 +329,8 @@ def _build_spec(text: str, file: Path, proto: calculator_pb2.CalculatorGraphConf
             proto=node_proto, line=source.node_line(index),
         )
         del label
+        # Where each unpacked options message came from, so problems inside it name that field.
+        option_fields: list[str] = []
         for any_index, packed in enumerate(node_proto.node_options):
             type_name = packed.type_url.rsplit("/", 1)[-1]
             cls = by_name.get(type_name)
@@ -332,14 +341,16 @@ def _build_spec(text: str, file: Path, proto: calculator_pb2.CalculatorGraphConf
             unpacked = cls()
             unpacked.ParseFromString(packed.value)
             node.options.append(unpacked)
+            option_fields.append(fld)
         if node_proto.HasField("options"):
             for cls in option_types:
                 ext = getattr(cls, "ext", None)
                 if ext is not None and node_proto.options.HasExtension(ext):
                     node.options.append(node_proto.options.Extensions[ext])
-        for opt in node.options:
+                    option_fields.append("options")
+        for opt, opt_field in zip(node.options, option_fields, strict=True):
             for missing in opt.FindInitializationErrors():  # type: ignore[attr-defined]
-                node_problems.append((missing, "required field is missing"))
+                node_problems.append((f"{opt_field}.{missing}", "required field is missing"))
         for fld, text in node_problems:
             spec.problems.append(spec.problem(text, node=node, field=fld))
             node.malformed.add(fld)

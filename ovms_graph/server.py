@@ -1,0 +1,630 @@
+"""The aiohttp front end: OpenAI images API, models listing, health, metrics, and ``ovms-graph serve``.
+
+:func:`create_app` builds the application; :func:`run_serve` is what ``ovms-graph serve`` runs. A
+handler decodes the HTTP request into an :class:`~ovms_graph.packets.HttpPayload`, hands it to the
+graph the ``model`` field names (see :mod:`ovms_graph.serving`) and encodes what the graph answers:
+one ``HttpResponse``, or ``ServerSentEvent`` packets streamed as ``text/event-stream``. Handlers only
+raise :class:`~ovms_graph.errors.RequestError` subclasses; one middleware renders them OpenAI-shaped
+through ``ERROR_TABLE``. No traceback ever reaches a client.
+
+Routes::
+
+    POST /v3/images/generations, /v1/images/generations   application/json
+    POST /v3/images/edits, /v1/images/edits               multipart/form-data
+    GET  /v3/models, /v1/models, /v3/models/{id}, /v1/models/{id}
+    GET  /v2/health/live, /v2/health/ready, /v2/models/{name}/ready
+    GET  /metrics                                         only with --metrics_enable
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import math
+import signal
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.multipart import BodyPartReader, MultipartReader
+from aiohttp.streams import StreamReader
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from ovms_graph.calculator import RequestContext
+from ovms_graph.cli import PullOptions, ServerOptions, configure_logging
+from ovms_graph.config import GraphEntry, load_config
+from ovms_graph.errors import (
+    BadRequest,
+    ConfigError,
+    GenerationError,
+    NotFound,
+    PayloadTooLarge,
+    Problem,
+    RequestError,
+    ServiceUnavailable,
+    Unauthorized,
+    error_body,
+    error_kind,
+)
+from ovms_graph.metrics import Metrics
+from ovms_graph.packets import HttpPayload, HttpResponse, MultipartView, ServerSentEvent, UploadedFile
+from ovms_graph.registry import Registry
+from ovms_graph.serving import REQUEST_TAG, Serving, State
+
+log = logging.getLogger("ovms_graph.server")
+access_log = logging.getLogger("ovms_graph.access")
+
+GENERATIONS = "images/generations"
+EDITS = "images/edits"
+API_PREFIXES = ("/v3/", "/v1/")
+#: Bodies from this size on are parsed off the event loop.
+LARGE_BODY = 256 * 1024
+#: Seconds cancelled graph runs get to finish at shutdown before their graph is left unclosed.
+CANCEL_GRACE = 10.0
+#: Status logged (never sent) for a request whose client went away.
+CLIENT_GONE = 499
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+SERVING = web.AppKey("serving", Serving)
+METRICS = web.AppKey("metrics", Metrics)
+OPTIONS = web.AppKey("options", ServerOptions)
+API_KEY = web.AppKey("api_key", str)  # absent when no --api_key_file
+REQUEST_ID = web.RequestKey("request_id", str)
+GRAPH = web.RequestKey("graph", str)
+OUTCOME = web.RequestKey("outcome", int)  # status to log when it differs from the response's
+
+
+# ----- application -----
+def create_app(entries: Sequence[GraphEntry], options: ServerOptions | None = None, *,
+               registry: Registry | Callable[[], Registry] | None = None) -> web.Application:
+    """The application serving ``entries``.
+
+    Graphs load in the background once the app starts (live answers at once, ready when loaded);
+    ``registry`` defaults to the installed calculators (``Registry.from_entry_points``).
+    Raises ConfigError when the API key file cannot be used.
+    """
+    options = options or ServerOptions()
+    if registry is None:
+        factory: Callable[[], Registry] = Registry.from_entry_points
+    elif isinstance(registry, Registry):
+        fixed = registry
+        factory = lambda: fixed  # noqa: E731 - a one-line factory reads best here
+    else:
+        factory = registry
+    metrics = Metrics()
+    app = web.Application(middlewares=[_access_middleware, _error_middleware, _auth_middleware],
+                          client_max_size=options.max_request_size,
+                          handler_args={"handler_cancellation": True})
+    app[OPTIONS] = options
+    app[METRICS] = metrics
+    app[SERVING] = Serving(entries, registry_factory=factory, max_queued=options.max_queued_requests,
+                           metrics=metrics)
+    if options.api_key_file is not None:
+        app[API_KEY] = read_api_key(options.api_key_file)
+    routes = [
+        web.post("/v3/images/generations", _generations, expect_handler=_expect_continue),
+        web.post("/v1/images/generations", _generations, expect_handler=_expect_continue),
+        web.post("/v3/images/edits", _edits, expect_handler=_expect_continue),
+        web.post("/v1/images/edits", _edits, expect_handler=_expect_continue),
+        web.get("/v3/models", _list_models),
+        web.get("/v1/models", _list_models),
+        web.get("/v3/models/{id:.+}", _get_model),
+        web.get("/v1/models/{id:.+}", _get_model),
+        web.get("/v2/health/live", _live),
+        web.get("/v2/health/ready", _ready),
+        web.get("/v2/models/{name:.+}/ready", _model_ready),
+    ]
+    if options.metrics_enable:
+        routes.append(web.get("/metrics", _metrics))
+    app.add_routes(routes)
+    app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_on_shutdown)
+    return app
+
+
+def read_api_key(path: Path) -> str:
+    """The key in ``path``, surrounding whitespace stripped; ConfigError when unreadable or empty."""
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(Problem(f"cannot read the API key file: {reason}", file=str(path),
+                                  field="--api_key_file")) from exc
+    if not key:
+        raise ConfigError(Problem("the API key file is empty", file=str(path), field="--api_key_file"))
+    return key
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    serving = app[SERVING]
+    loading = asyncio.create_task(serving.load(), name="load-graphs")
+    yield
+    # The front end has already waited up to --shutdown_timeout for running requests and cancelled
+    # the rest; give cancelled runs a short grace to reach their next cancellation check.
+    await serving.close(grace=min(app[OPTIONS].shutdown_timeout, CANCEL_GRACE))
+    await loading
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    app[SERVING].begin_shutdown()
+
+
+# ----- middlewares -----
+@web.middleware
+async def _access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id (also in ``x-request-id``), one log line and the request metrics."""
+    request_id = uuid.uuid4().hex[:16]
+    request[REQUEST_ID] = request_id
+    started = time.monotonic()
+    status = 500
+    try:
+        response = await handler(request)
+        status = request.get(OUTCOME, response.status)
+        if not response.prepared:
+            response.headers["x-request-id"] = request_id
+        return response
+    except asyncio.CancelledError:
+        status = CLIENT_GONE
+        raise
+    finally:
+        seconds = time.monotonic() - started
+        graph = request.get(GRAPH, "")
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        if request.path != "/metrics":
+            request.app[METRICS].observe_request(graph, route, status, seconds)
+        if status == CLIENT_GONE and graph:
+            request.app[METRICS].cancellations.labels(graph).inc()
+        level = logging.DEBUG if request.path.startswith(("/v2/health", "/metrics")) else logging.INFO
+        access_log.log(level, "request %s %s %s graph=%s status=%d duration=%.3fs", request_id, request.method,
+                       request.path, graph or "-", status, seconds)
+
+
+@web.middleware
+async def _error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes an OpenAI-shaped error body; only the log sees tracebacks."""
+    try:
+        return await handler(request)
+    except RequestError as exc:
+        return _error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _http_exception_response(request, exc)
+    except Exception:
+        request_id = request.get(REQUEST_ID, "?")
+        log.exception("request %s %s %s failed", request_id, request.method, request.path)
+        return _error_response(GenerationError(f"internal server error (request {request_id}); see the server log"))
+
+
+@web.middleware
+async def _auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With ``--api_key_file``, every /v3 and /v1 route needs ``Authorization: Bearer <key>``."""
+    key = request.app.get(API_KEY)
+    if key is not None and request.path.startswith(API_PREFIXES):
+        header = request.headers.get("Authorization")
+        if header is None:
+            raise Unauthorized("missing API key: send the header Authorization: Bearer <key>")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+            raise Unauthorized("invalid API key")
+    return await handler(request)
+
+
+def _error_response(exc: RequestError) -> web.Response:
+    kind = error_kind(exc)
+    response = web.json_response(error_body(exc), status=kind.status)
+    if isinstance(exc, ServiceUnavailable):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, Unauthorized):
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+def _http_exception_response(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """aiohttp's own errors (unknown route, wrong method, body too large) in the OpenAI shape."""
+    if exc.status == 404:
+        return _error_response(NotFound(f"no route for {request.method} {request.path}"))
+    if exc.status == 413:
+        return _error_response(_too_large(request.app[OPTIONS].max_request_size))
+    message = exc.reason
+    error_type = "invalid_request_error"
+    if exc.status == 405:
+        allowed = exc.headers.get("Allow", "")
+        message = f"method {request.method} is not allowed for {request.path} (allowed: {allowed})"
+    elif exc.status >= 500:
+        error_type = "server_error"
+    body = {"error": {"message": message, "type": error_type, "param": None, "code": None}}
+    response = web.json_response(body, status=exc.status)
+    if "Allow" in exc.headers:
+        response.headers["Allow"] = exc.headers["Allow"]
+    return response
+
+
+async def _expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue``: refuse an announced oversize body before the client sends it."""
+    limit = request.app[OPTIONS].max_request_size
+    if request.content_length is not None and request.content_length > limit:
+        response = _error_response(_too_large(limit))
+        response.force_close()
+        return response
+    if request.version >= (1, 1):
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            raise web.HTTPExpectationFailed(text=f"unknown Expect: {request.headers.get('Expect')}")
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+    return None
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body is larger than the limit of {limit} bytes (--max_request_size)")
+
+
+# ----- images -----
+async def _generations(request: web.Request) -> web.StreamResponse:
+    return await _images(request, GENERATIONS)
+
+
+async def _edits(request: web.Request) -> web.StreamResponse:
+    return await _images(request, EDITS)
+
+
+class _Client:
+    """The connection a request came on; ``is_disconnected`` may be called from any thread."""
+
+    def __init__(self, request: web.Request) -> None:
+        self._request = request
+        self.gone = False
+
+    def is_disconnected(self) -> bool:
+        if self.gone:
+            return True
+        transport = self._request.transport
+        return transport is None or transport.is_closing()
+
+
+async def _images(request: web.Request, route: str) -> web.StreamResponse:
+    serving = request.app[SERVING]
+    serving.check_available()
+    _require_content_type(request, "application/json" if route == GENERATIONS else "multipart/form-data")
+    body = await read_body(request, request.app[OPTIONS].max_request_size)
+    parsed: Any = None
+    multipart: MultipartView | None = None
+    if route == GENERATIONS:
+        # A large body would hold the event loop while it is parsed; parse it in a thread instead.
+        parsed = parse_json_object(body) if len(body) < LARGE_BODY else await asyncio.to_thread(
+            parse_json_object, body)
+        model = _json_model(parsed)
+    else:
+        multipart = await parse_multipart(request.headers, body)
+        model = _multipart_model(multipart)
+    slot, model_name = serving.resolve(model)
+    request[GRAPH] = slot.name
+    client = _Client(request)
+    ctx = RequestContext(request[REQUEST_ID], client_gone=client.is_disconnected)
+    headers = CIMultiDictProxy(CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() != "authorization"))
+    payload = HttpPayload(uri=str(request.rel_url), method=request.method, headers=headers, body=body,
+                          route=route, model=model_name, parsed_json=parsed, multipart=multipart, client=client)
+    try:
+        async with aclosing(serving.execute(slot, {REQUEST_TAG: payload}, ctx)) as packets:
+            return await _respond(request, packets, ctx)
+    except asyncio.CancelledError:
+        client.gone = True
+        ctx.cancel()
+        raise
+
+
+async def _respond(request: web.Request, packets: AsyncIterator[Any], ctx: RequestContext) -> web.StreamResponse:
+    """One HttpResponse becomes the response; ServerSentEvents become a text/event-stream."""
+    stream: web.StreamResponse | None = None
+    single: HttpResponse | None = None
+    try:
+        async for packet in packets:
+            if isinstance(packet, ServerSentEvent) and single is None:
+                if stream is None:
+                    stream = web.StreamResponse(headers={
+                        "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                        "x-request-id": request[REQUEST_ID]})
+                    await stream.prepare(request)
+                await stream.write(packet.encode())
+            elif isinstance(packet, HttpResponse) and single is None and stream is None:
+                single = packet
+            else:
+                log.warning("request %s: graph answered with an extra %s packet; ignored", ctx.request_id,
+                            type(packet).__name__)
+    except RequestError as exc:
+        if stream is None:
+            raise
+        request[OUTCOME] = error_kind(exc).status
+        log.warning("request %s failed after streaming began: %s", ctx.request_id, exc.message)
+        await stream.write(ServerSentEvent(json.dumps(error_body(exc)), event="error").encode())
+    except ConnectionResetError:
+        ctx.cancel()
+        request[OUTCOME] = CLIENT_GONE
+        log.info("request %s: client went away while streaming", ctx.request_id)
+        assert stream is not None
+        return stream
+    if stream is not None:
+        await stream.write_eof()
+        return stream
+    if single is None:
+        log.error("request %s: graph produced nothing on HTTP_RESPONSE_PAYLOAD", ctx.request_id)
+        raise GenerationError(f"the model produced no response (request {ctx.request_id})")
+    response = web.Response(body=single.body, status=single.status)
+    response.headers["Content-Type"] = single.content_type
+    return response
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it is known to exceed ``limit`` bytes: from
+    Content-Length before reading, or while reading a chunked body."""
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _require_content_type(request: web.Request, expected: str) -> None:
+    if request.content_type != expected:
+        got = request.headers.get("Content-Type") or "none"
+        raise BadRequest(f"{request.path} expects Content-Type: {expected}, got {got}")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed (numbers must be finite)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f'duplicate key "{key}"')
+        obj[key] = value
+    return obj
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """``body`` as a JSON object; 400 for malformed JSON, NaN/Infinity, duplicate keys or non-objects."""
+    if not body.strip():
+        raise BadRequest("request body is empty; expected a JSON object")
+    try:
+        value = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float,
+                           object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except UnicodeDecodeError:
+        raise BadRequest("malformed JSON: the body is not valid UTF-8") from None
+    except RecursionError:
+        raise BadRequest("malformed JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise BadRequest(f"JSON body must be an object, got {_json_type(value)}")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _json_model(parsed: dict[str, Any]) -> str | None:
+    model = parsed.get("model")
+    if model is None:  # absent, or null as some OpenAI clients send for "not given"
+        return None
+    if not isinstance(model, str):
+        raise BadRequest(f"model must be a string, got {_json_type(model)}", param="model")
+    if not model:
+        raise BadRequest("model must not be empty", param="model")
+    return model
+
+
+async def parse_multipart(headers: CIMultiDictProxy[str], body: bytes) -> MultipartView:
+    """The fields and files of a multipart/form-data ``body``; 400 naming what is malformed."""
+    if "boundary=" not in headers.get("Content-Type", ""):
+        raise BadRequest("multipart/form-data needs a boundary parameter in its Content-Type header")
+    protocol = BaseProtocol(asyncio.get_running_loop())
+    content = StreamReader(protocol, limit=max(len(body), 2**16), loop=asyncio.get_running_loop())
+    content.feed_data(body)
+    content.feed_eof()
+    fields: dict[str, list[str]] = {}
+    files: dict[str, list[UploadedFile]] = {}
+    try:
+        reader = MultipartReader(headers, content)
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise BadRequest("nested multipart bodies are not supported")
+            if not part.headers and content.at_eof():
+                raise BadRequest("malformed multipart body: it ends without the closing boundary")
+            name = part.name
+            if not name:
+                raise BadRequest("a multipart part has no name (Content-Disposition: form-data; name=...)")
+            # Raw bytes: no Content-Encoding decoding, so a small part cannot inflate into a huge one.
+            data = bytes(await part.read())
+            if part.filename is not None:
+                files.setdefault(name, []).append(UploadedFile(
+                    name, part.filename, part.headers.get("Content-Type"), data))
+                continue
+            charset = part.get_charset(default="utf-8")
+            try:
+                fields.setdefault(name, []).append(data.decode(charset))
+            except (UnicodeDecodeError, LookupError):
+                raise BadRequest(f"multipart field {name} is not valid {charset} text", param=name) from None
+    except RequestError:
+        raise
+    except HttpProcessingError as exc:  # e.g. an overlong header line; its message quotes the data
+        reason = exc.message.split(":")[0].strip().lower()
+        raise BadRequest(f"malformed multipart body: {reason}") from None
+    except Exception as exc:  # aiohttp reports malformed multipart with assorted exception types
+        reason = "it ends without the closing boundary" if str(exc) == "Reading after EOF" else str(exc)
+        raise BadRequest(f"malformed multipart body: {reason}") from None
+    return MultipartView(fields={k: tuple(v) for k, v in fields.items()},
+                         files={k: tuple(v) for k, v in files.items()})
+
+
+def _multipart_model(view: MultipartView) -> str | None:
+    if "model" in view.files:
+        raise BadRequest("model must be a text field, not a file", param="model")
+    values = view.fields.get("model")
+    if values is None:
+        return None
+    if len(values) > 1:
+        raise BadRequest("model is given more than once", param="model")
+    if not values[0]:
+        raise BadRequest("model must not be empty", param="model")
+    return values[0]
+
+
+# ----- models and health -----
+def _model_object(serving: Serving, model_id: str) -> dict[str, object]:
+    return {"id": model_id, "object": "model", "created": serving.created, "owned_by": "ovms-graph"}
+
+
+async def _list_models(request: web.Request) -> web.Response:
+    serving = request.app[SERVING]
+    serving.check_available()
+    data = [_model_object(serving, n.id) for n in serving.listed()]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def _get_model(request: web.Request) -> web.Response:
+    serving = request.app[SERVING]
+    serving.check_available()
+    model_id = request.match_info["id"]
+    if model_id not in serving.names:
+        shown = model_id if len(model_id) <= 200 else model_id[:200] + "..."
+        raise NotFound(f'model "{shown}" does not exist; GET /v3/models lists the models served here',
+                       param="model", code="model_not_found")
+    return web.json_response(_model_object(serving, model_id))
+
+
+async def _live(request: web.Request) -> web.Response:
+    return web.Response(status=200)
+
+
+async def _ready(request: web.Request) -> web.Response:
+    return web.Response(status=200 if request.app[SERVING].ready else 503)
+
+
+async def _model_ready(request: web.Request) -> web.Response:
+    serving = request.app[SERVING]
+    if not serving.ready:
+        return web.Response(status=503)
+    name = request.match_info["name"]
+    return web.Response(status=200 if name in serving.names or name in serving.slots else 404)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    text, content_type = request.app[METRICS].render()
+    response = web.Response(body=text)
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+# ----- ovms-graph serve -----
+def run_serve(config_path: Path | None, pull_options: PullOptions | None, server_options: ServerOptions) -> int:
+    """Serve until SIGTERM/SIGINT; the process exit status.
+
+    With ``pull_options`` (``serve --source_model``) the model is pulled first
+    (``ovms_graph.pull.pull_model``) and the graph it wrote is served. 0 after a clean shutdown;
+    2 when the configuration, a graph, a flag or the API key file is unusable (every problem is
+    printed); 1 when the server cannot start (e.g. the port is taken) or a download fails.
+    """
+    configure_logging(server_options.log_level)
+    logging.getLogger().setLevel(logging.DEBUG if server_options.log_level == "TRACE"
+                                 else getattr(logging, server_options.log_level))
+    try:
+        if pull_options is not None:
+            from ovms_graph.pull import PullError, pull_model
+            try:
+                entries = [pull_model(pull_options)]
+            except PullError as exc:
+                print(f"ovms-graph serve: error: {exc.message}", file=sys.stderr)
+                return exc.exit_code
+        elif config_path is not None:
+            entries = load_config(config_path)
+        else:
+            print("ovms-graph serve: error: serve needs --config_path or --source_model", file=sys.stderr)
+            return 2
+        app = create_app(entries, server_options)
+    except ConfigError as exc:
+        _print_problems(exc)
+        return 2
+    return asyncio.run(_serve(app, server_options))
+
+
+def _print_problems(exc: ConfigError) -> None:
+    for problem in exc.problems:
+        print(problem, file=sys.stderr)
+
+
+async def _serve(app: web.Application, options: ServerOptions) -> int:
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=options.shutdown_timeout,
+                           access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, options.rest_bind_address, options.rest_port)
+    try:
+        await site.start()
+    except OSError as exc:
+        print(f"error: cannot listen on {options.rest_bind_address}:{options.rest_port}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        await runner.cleanup()
+        return 1
+    for address in runner.addresses:
+        log.info("listening on http://%s:%s", *address[:2])
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    serving = app[SERVING]
+    stopping = asyncio.create_task(stop.wait())
+    loading = asyncio.create_task(serving.wait_loaded())
+    await asyncio.wait({stopping, loading}, return_when=asyncio.FIRST_COMPLETED)
+    status = 0
+    if serving.state is State.FAILED and serving.error is not None:
+        _print_problems(serving.error)
+        print("error: the models failed to load; exiting", file=sys.stderr)
+        status = 1 if serving.internal_error else 2
+    else:
+        await stopping
+        log.info("signal received: readiness off, draining for up to %.1f s", options.shutdown_timeout)
+    serving.begin_shutdown()
+    await runner.cleanup()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+    stopping.cancel()
+    loading.cancel()
+    log.info("stopped")
+    return status
