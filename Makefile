@@ -3,11 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 FIXTURES_VENV ?= .venv-fixtures
+CONVERT_VENV ?= .venv-convert
 HOST ?= 127.0.0.1
 PORT ?= 8000
 CONFIG ?= graphs/demo/config.json
 
-.PHONY: install test lint proto proto-check run fixtures fixtures-env bench clean
+.PHONY: install test test-convert lint proto proto-check run fixtures fixtures-env bench clean
 
 install: $(VENV)/.installed
 
@@ -31,6 +32,19 @@ proto-check: install
 
 run: install
 	$(VENV)/bin/ovms-graph serve --config_path $(CONFIG) --rest_port $(PORT) --rest_bind_address $(HOST)
+
+# Conversion of non-OpenVINO models needs optimum-intel, which caps huggingface_hub below the
+# runtime's, so it gets its own environment. The pins keep pip's resolver from wandering for minutes.
+$(CONVERT_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(CONVERT_VENV)
+	$(CONVERT_VENV)/bin/python -m pip install -q -U pip
+	$(CONVERT_VENV)/bin/python -m pip install -q -e ".[dev,convert]" "optimum-intel==2.2.0" \
+		"transformers>=4.51,<5.6" "huggingface_hub>=0.30,<1.22" diffusers "torch==2.13.0"
+	$(CONVERT_VENV)/bin/python -m pip uninstall -y -q torchvision
+	touch $@
+
+test-convert: $(CONVERT_VENV)/.installed
+	OVMS_GRAPH_CONVERT_TESTS=1 $(CONVERT_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/convert
 
 fixtures-env: $(FIXTURES_VENV)/.installed
 

@@ -1,0 +1,552 @@
+"""``ovms-graph pull`` and ``serve --source_model``: fetch a model from Hugging Face and write its graph.
+
+What a pull guarantees:
+
+* Every flag is checked (graph options, ``--source_loras`` grammar, local LoRA files) before anything
+  is downloaded; such problems raise :class:`UsageError` (exit status 2) naming the flag.
+* The model lands in ``<model_repository_path>/<source_model>/``. It is downloaded into a hidden
+  sibling folder (``.<name>.download``) and renamed into place only when complete, so an interrupted
+  pull never leaves a folder that passes for a whole model; the next pull resumes the download.
+* A model already present is not downloaded again (not even contacted) unless ``--overwrite_models``.
+* A repository in OpenVINO IR layout is used as is; any other diffusers repository is converted with
+  optimum-intel (the ``[convert]`` extra) at ``--weight-format``.
+* LoRA adapters from Hugging Face or URLs are fetched into ``<model dir>/loras/<alias>/`` the same way;
+  local adapter files are referenced in place.
+* graph.pbtxt is (re)written from the flags; with ``--config_path`` the config.json entry is created
+  or updated. Download and conversion failures raise :class:`FetchError` (exit status 1).
+
+``HF_ENDPOINT`` and ``HF_TOKEN`` are read when a pull starts. Progress bars are shown only when
+standard error is a terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ovms_graph.config import GraphEntry, write_model_entry
+from ovms_graph.errors import ConfigError, Problem
+from ovms_graph.graph_writer import (
+    CompositeComponentLine,
+    CompositeLine,
+    GraphFlags,
+    LoraAdapterLine,
+    check_graph_flags,
+    render_graph,
+    write_graph,
+)
+from ovms_graph.source_loras import (
+    LoraAdapterSource,
+    LoraSourceKind,
+    SourceLoras,
+    SourceLorasError,
+    parse_source_loras,
+    valid_repo_id,
+)
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
+
+    from ovms_graph.cli import PullOptions
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+WEIGHT_FORMATS = ("int8", "int4", "fp16", "fp32")
+INSTALL_CONVERT = "pip install 'ovms-graph[convert]'"
+LORA_SOURCE_MARKER = ".ovms_graph_source.json"
+
+#: model_index.json ``_class_name`` values that OpenVINO GenAI 2026.4 serves as image generation.
+IMAGE_GENERATION_PIPELINES = frozenset({
+    "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline",
+    "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline",
+    "StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline",
+    "LatentConsistencyModelPipeline", "LatentConsistencyModelImg2ImgPipeline",
+    "FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxFillPipeline", "Flux2KleinPipeline",
+    "QwenImagePipeline", "ZImagePipeline",
+})
+
+# Files a diffusers repository may carry that a conversion never reads (checkpoints in other formats).
+_CONVERT_IGNORE = ["*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.pb", "*.tflite", "*.ot"]
+
+
+class PullError(ConfigError):
+    """A pull that cannot be done; ``exit_code`` is the status ``ovms-graph pull`` exits with."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Problem(message))
+        self.message = message
+
+
+class UsageError(PullError):
+    """A flag that cannot be used (exit status 2); the message names the flag."""
+
+    exit_code = 2
+
+
+class FetchError(PullError):
+    """A download or conversion that failed (exit status 1)."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class PullPlan:
+    """Checked flags: where the model goes, what it is served as, and what the graph will say."""
+
+    source_model: str
+    model_dir: Path
+    served_name: str
+    graph: GraphFlags
+    loras: SourceLoras
+
+
+@dataclass(frozen=True)
+class _Hub:
+    endpoint: str
+    token: str | None
+
+    def api(self) -> HfApi:
+        from huggingface_hub import HfApi
+
+        return HfApi(endpoint=self.endpoint, token=self.token)
+
+
+def _hub() -> _Hub:
+    endpoint = (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+    return _Hub(endpoint, os.environ.get("HF_TOKEN") or None)
+
+
+# ----- phase 1: flags ------------------------------------------------------------------------------
+
+def plan_pull(options: PullOptions, *, cwd: Path | None = None) -> PullPlan:
+    """Check every flag without touching the network; raises UsageError listing every problem."""
+    problems: list[str] = []
+    source = options.source_model
+    if not source or not valid_repo_id(source):
+        problems.append(f'--source_model: expected a Hugging Face model id such as '
+                        f'OpenVINO/stable-diffusion-v1-5-int8-ov, got "{source}"')
+    if options.task not in (None, "image_generation"):
+        problems.append(f'--task: only image_generation is supported, got "{options.task}"')
+    if options.weight_format not in WEIGHT_FORMATS:
+        problems.append(f'--weight-format: expected one of {", ".join(WEIGHT_FORMATS)}, got "{options.weight_format}"')
+    if options.model_name is not None and not options.model_name.strip():
+        problems.append("--model_name: must not be empty")
+    served = options.model_name or source
+    graph = GraphFlags(
+        device=options.target_device, num_streams=options.num_streams, resolution=options.resolution,
+        max_resolution=options.max_resolution, default_resolution=options.default_resolution,
+        max_num_images_per_prompt=options.max_num_images_per_prompt,
+        default_num_inference_steps=options.default_num_inference_steps,
+        max_num_inference_steps=options.max_num_inference_steps,
+        num_images_per_prompt=options.num_images_per_prompt, guidance_scale=options.guidance_scale)
+    problems += check_graph_flags(graph)
+    loras = SourceLoras()
+    try:
+        loras = parse_source_loras(options.source_loras, device=options.target_device, base_dir=cwd)
+    except SourceLorasError as exc:
+        problems.append(str(exc))
+    for alias in loras.aliases:
+        if alias == served:
+            problems.append(f"--source_loras: alias '{alias}' is the served model name; LoRA aliases must differ "
+                            "from it (or set --model_name)")
+    if problems:
+        raise UsageError("\n".join(problems))
+    model_dir = Path(os.path.normpath(options.model_repository_path.absolute() / source))
+    return PullPlan(source, model_dir, served, graph, loras)
+
+
+# ----- helpers -------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    """huggingface_hub progress bars on only when ``enabled`` (a terminal), restored afterwards."""
+    hf_tqdm: Any = importlib.import_module("huggingface_hub.utils.tqdm")
+
+    switched = not enabled and not hf_tqdm.are_progress_bars_disabled()
+    if switched:
+        hf_tqdm.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if switched:
+            hf_tqdm.enable_progress_bars()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _fetch_error(what: str, exc: Exception, hub: _Hub) -> FetchError:
+    """A FetchError that says what failed and why, in one or two lines (never a traceback)."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if isinstance(exc, GatedRepoError):
+        return FetchError(f"{what}: access to this gated repository was refused by {hub.endpoint}; accept its "
+                          "terms on the Hub and set HF_TOKEN")
+    if isinstance(exc, RepositoryNotFoundError):
+        hint = "" if hub.token else " (a private or gated repository needs HF_TOKEN)"
+        return FetchError(f"{what}: repository not found on {hub.endpoint}{hint}")
+    return FetchError(f"{what}: {_first_line(exc)}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _install(staging: Path, target: Path) -> None:
+    """Move the finished ``staging`` folder to ``target`` (replacing it) with renames only."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = target.with_name(f".{target.name}.old")
+    _remove(old)
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    _remove(old)
+
+
+def _no_model_index(source: str) -> UsageError:
+    return UsageError(f"--source_model {source}: not an image generation model: the repository has no "
+                      "model_index.json (--task image_generation needs a diffusers pipeline, e.g. "
+                      "OpenVINO/stable-diffusion-v1-5-int8-ov)")
+
+
+def _check_pipeline(model_index: Path, source: str) -> str:
+    """The pipeline class named by ``model_index``; UsageError when it is not an image generation model."""
+    what = f"--source_model {source}"
+    if not model_index.is_file():
+        raise _no_model_index(source)
+    try:
+        data = json.loads(model_index.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{what}: model_index.json is not valid JSON ({_first_line(exc)})") from exc
+    name = data.get("_class_name") if isinstance(data, dict) else None
+    if not isinstance(name, str):
+        raise UsageError(f"{what}: not an image generation model: model_index.json names no pipeline "
+                         "(_class_name)")
+    if name not in IMAGE_GENERATION_PIPELINES:
+        raise UsageError(f"{what}: not an image generation model: model_index.json names pipeline '{name}', "
+                         "which OpenVINO GenAI does not serve for image generation (supported: "
+                         f"{', '.join(sorted(IMAGE_GENERATION_PIPELINES))})")
+    return name
+
+
+def _is_openvino_ir(files: list[str]) -> bool:
+    return any(f == "openvino_model.xml" or f.endswith("/openvino_model.xml") for f in files)
+
+
+def optimum_available() -> bool:
+    """Whether optimum-intel's OpenVINO exporter can be imported (the ``[convert]`` extra)."""
+    try:
+        return (importlib.util.find_spec("optimum.intel") is not None
+                and importlib.util.find_spec("optimum.exporters.openvino") is not None)
+    except (ImportError, ValueError):
+        return False
+
+
+# ----- the model -----------------------------------------------------------------------------------
+
+def _pull_model_files(plan: PullPlan, options: PullOptions, hub: _Hub) -> None:
+    """Download (and convert if needed) the model into ``plan.model_dir``; a no-op when present."""
+    target = plan.model_dir
+    what = f"--source_model {plan.source_model}"
+    if target.is_dir() and not options.overwrite_models:
+        print(f"Path already exists on local filesystem. Skipping download to path: {target}", flush=True)
+        _check_pipeline(target / "model_index.json", plan.source_model)
+        return
+    from huggingface_hub import snapshot_download
+
+    api = hub.api()
+    try:
+        info = api.model_info(plan.source_model)
+        revision = info.sha
+        files = [s.rfilename for s in info.siblings] if info.siblings is not None else \
+            api.list_repo_files(plan.source_model, revision=revision)
+    except Exception as exc:
+        raise _fetch_error(what, exc, hub) from exc
+    staging = target.with_name(f".{target.name}.download")
+    if "model_index.json" not in files:
+        raise _no_model_index(plan.source_model)
+    common: dict[str, Any] = dict(revision=revision, local_dir=staging, endpoint=hub.endpoint, token=hub.token,
+                                  force_download=options.overwrite_models)
+    try:
+        snapshot_download(plan.source_model, allow_patterns=["model_index.json"], **common)
+    except Exception as exc:
+        raise _fetch_error(what, exc, hub) from exc
+    pipeline = _check_pipeline(staging / "model_index.json", plan.source_model)
+    ir = _is_openvino_ir(files)
+    if not ir and not optimum_available():
+        raise FetchError(f"{what}: the repository is not in OpenVINO IR format and converting it needs "
+                         f"optimum-intel, which is not installed. Install it with: {INSTALL_CONVERT} "
+                         "(or pull a model that is already converted, e.g. from the OpenVINO organization)")
+    print(f"Downloading {plan.source_model} from {hub.endpoint} to {target}", flush=True)
+    try:
+        snapshot_download(plan.source_model, ignore_patterns=None if ir else _CONVERT_IGNORE, **common)
+    except Exception as exc:
+        raise _fetch_error(what, exc, hub) from exc
+    _remove(staging / ".cache")
+    if ir:
+        _install(staging, target)
+        return
+    converted = target.with_name(f".{target.name}.convert")
+    _remove(converted)
+    convert_model(staging, converted, options.weight_format, source=plan.source_model, pipeline=pipeline)
+    _install(converted, target)
+    _remove(staging)
+
+
+def export_task(pipeline: str) -> str:
+    """optimum's export task for a diffusers pipeline class (it cannot infer one for a local folder)."""
+    if "Inpaint" in pipeline or pipeline == "FluxFillPipeline":
+        return "inpainting"
+    if "Img2Img" in pipeline:
+        return "image-to-image"
+    return "text-to-image"
+
+
+def convert_model(source_dir: Path, output_dir: Path, weight_format: str, *, source: str, pipeline: str) -> None:
+    """Export the diffusers pipeline folder ``source_dir`` (class ``pipeline``) to OpenVINO IR in
+    ``output_dir`` with optimum-intel; FetchError (and no ``output_dir``) on failure."""
+    what = f"--source_model {source}"
+    if not optimum_available():
+        raise FetchError(f"{what}: converting to OpenVINO IR needs optimum-intel, which is not installed. "
+                         f"Install it with: {INSTALL_CONVERT}")
+    command = [sys.executable, "-m", "optimum.commands.optimum_cli", "export", "openvino",
+               "--model", str(source_dir), "--task", export_task(pipeline), "--weight-format", weight_format,
+               str(output_dir)]
+    print(f"Converting {source} to OpenVINO IR ({weight_format}) with optimum-intel", flush=True)
+    log.debug("running %s", " ".join(command))
+    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
+    if result.returncode != 0 or not (output_dir / "model_index.json").is_file():
+        _remove(output_dir)
+        tail = "\n".join(result.stdout.strip().splitlines()[-15:])
+        raise FetchError(f"{what}: conversion with optimum-intel failed (exit status {result.returncode}):\n{tail}")
+    if not _is_openvino_ir([p.relative_to(output_dir).as_posix() for p in output_dir.rglob("openvino_model.xml")]):
+        _remove(output_dir)
+        raise FetchError(f"{what}: conversion with optimum-intel produced no openvino_model.xml")
+
+
+# ----- LoRA adapters -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _LoraFetch:
+    """A remote adapter and the file it resolves to (relative to its repo, or the URL's name)."""
+
+    adapter: LoraAdapterSource
+    file: str
+
+
+def _lora_dir(plan: PullPlan, alias: str) -> Path:
+    return plan.model_dir / "loras" / alias
+
+
+def _present_lora(folder: Path, adapter: LoraAdapterSource) -> str | None:
+    """The file of an earlier fetch of the same source into ``folder``, if it is there."""
+    try:
+        marker = json.loads((folder / LORA_SOURCE_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or marker.get("source") != adapter.spec:
+        return None
+    file = marker.get("file")
+    if isinstance(file, str) and (folder / file).is_file():
+        return file
+    return None
+
+
+def _resolve_hf_lora(adapter: LoraAdapterSource, hub: _Hub) -> str:
+    """The .safetensors file an HF adapter source names, checked against the repository's files."""
+    what = f"--source_loras entry '{adapter.entry}'"
+    try:
+        files = hub.api().list_repo_files(adapter.source)
+    except Exception as exc:
+        raise _fetch_error(what, exc, hub) from exc
+    candidates = sorted(f for f in files if f.endswith(".safetensors"))
+    if adapter.filename is not None:
+        if adapter.filename in files:
+            return adapter.filename
+        listed = ", ".join(candidates) or "none"
+        raise UsageError(f"{what}: repository {adapter.source} has no file '{adapter.filename}' "
+                         f"(.safetensors files: {listed})")
+    if not candidates:
+        raise UsageError(f"{what}: repository {adapter.source} has no .safetensors file")
+    if len(candidates) > 1:
+        raise UsageError(f"{what}: repository {adapter.source} has several .safetensors files: "
+                         f"{', '.join(candidates)}. Name one: {adapter.alias}={adapter.source}@<file>")
+    return candidates[0]
+
+
+def _download_url(url: str, dest: Path, hub: _Hub, *, progress: bool) -> None:
+    """Stream ``url`` into ``dest`` through ``dest.part``; FetchError-ready exceptions on failure."""
+    hf_tqdm: Any = importlib.import_module("huggingface_hub.utils.tqdm")
+
+    request = urllib.request.Request(url, headers={"User-Agent": "ovms-graph"})
+    if hub.token and url.startswith(hub.endpoint + "/"):
+        # The Hub redirects file downloads to a CDN: the token must not follow the redirect.
+        request.add_unredirected_header("Authorization", f"Bearer {hub.token}")
+    part = dest.with_name(dest.name + ".part")
+    with urllib.request.urlopen(request, timeout=60) as response:  # http(s) only: checked by the grammar
+        expected = response.headers.get("Content-Length")
+        total = int(expected) if expected and expected.isdigit() else None
+        received = 0
+        bar_class: Any = hf_tqdm.tqdm
+        with part.open("wb") as out, bar_class(total=total, unit="B", unit_scale=True, desc=dest.name,
+                                               disable=not progress) as bar:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    if total is not None and received != total:
+        raise OSError(f"connection closed after {received} of {total} bytes")
+    part.replace(dest)
+
+
+def _fetch_lora(plan: PullPlan, fetch: _LoraFetch, hub: _Hub, *, progress: bool, force: bool) -> None:
+    adapter = fetch.adapter
+    target = _lora_dir(plan, adapter.alias)
+    staging = target.with_name(f".{adapter.alias}.download")
+    what = f"--source_loras entry '{adapter.entry}'"
+    staging.mkdir(parents=True, exist_ok=True)
+    print(f"Downloading LoRA adapter '{adapter.alias}' from {adapter.spec}", flush=True)
+    try:
+        if adapter.kind is LoraSourceKind.HF_REPO:
+            from huggingface_hub import hf_hub_download
+
+            hf_hub_download(adapter.source, fetch.file, local_dir=staging, endpoint=hub.endpoint, token=hub.token,
+                            force_download=force)
+            _remove(staging / ".cache")
+        else:
+            (staging / fetch.file).unlink(missing_ok=True)
+            _download_url(adapter.source, staging / fetch.file, hub, progress=progress)
+    except urllib.error.HTTPError as exc:
+        raise FetchError(f"{what}: download failed: HTTP {exc.code} {exc.reason}") from exc
+    except urllib.error.URLError as exc:
+        raise FetchError(f"{what}: download failed: {exc.reason}") from exc
+    except Exception as exc:
+        raise _fetch_error(what, exc, hub) from exc
+    marker = {"source": adapter.spec, "file": fetch.file}
+    (staging / LORA_SOURCE_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+    _install(staging, target)
+
+
+# ----- the whole pull ------------------------------------------------------------------------------
+
+def _graph_flags(plan: PullPlan, lora_files: dict[str, str]) -> GraphFlags:
+    mode = "STATIC" if plan.graph.uses_npu else "DYNAMIC"
+    adapters = []
+    for adapter in plan.loras.adapters:
+        if adapter.kind is LoraSourceKind.LOCAL:
+            assert adapter.path is not None
+            path = str(adapter.path)
+        else:
+            path = f"loras/{adapter.alias}/{lora_files[adapter.alias]}"
+        adapters.append(LoraAdapterLine(adapter.alias, path, adapter.alpha, mode))
+    composites = tuple(
+        CompositeLine(c.alias, tuple(CompositeComponentLine(p.adapter_alias, p.alpha) for p in c.components))
+        for c in plan.loras.composites)
+    return replace(plan.graph, lora_adapters=tuple(adapters), composite_lora_adapters=composites)
+
+
+def _header(plan: PullPlan) -> str:
+    lines = [f"Image generation graph for {plan.source_model}, written by ovms-graph pull.",
+             "Rewritten on every pull; to keep manual edits, serve it with --config_path."]
+    if plan.served_name != plan.source_model:
+        lines.insert(1, f"Served as: {plan.served_name}")
+    return "\n".join(lines)
+
+
+def pull_model(options: PullOptions) -> GraphEntry:
+    """Download what ``options`` name, write graph.pbtxt (and config.json), and return the graph to serve.
+
+    Raises UsageError (exit status 2) for flags that cannot be used and FetchError (exit status 1)
+    when a download or conversion fails; both are ConfigError values carrying one message.
+    """
+    plan = plan_pull(options)
+    hub = _hub()
+    if not log.isEnabledFor(logging.DEBUG):
+        for name in ("httpx", "httpx2"):  # huggingface_hub's HTTP clients log every request at INFO
+            logging.getLogger(name).setLevel(logging.WARNING)
+    progress = sys.stderr.isatty()
+    with _progress_bars(progress):
+        # Resolve every remote adapter before the (large) model download, so that a wrong
+        # --source_loras entry is reported before anything is fetched.
+        lora_files: dict[str, str] = {}
+        fetches: list[_LoraFetch] = []
+        for adapter in plan.loras.adapters:
+            if adapter.kind is LoraSourceKind.LOCAL:
+                continue
+            present = None if options.overwrite_models else _present_lora(_lora_dir(plan, adapter.alias), adapter)
+            if present is not None:
+                lora_files[adapter.alias] = present
+                continue
+            file = _resolve_hf_lora(adapter, hub) if adapter.kind is LoraSourceKind.HF_REPO else str(adapter.filename)
+            fetches.append(_LoraFetch(adapter, file))
+            lora_files[adapter.alias] = file
+        _pull_model_files(plan, options, hub)
+        for fetch in fetches:
+            _fetch_lora(plan, fetch, hub, progress=progress, force=options.overwrite_models)
+
+    graph_path = plan.model_dir / "graph.pbtxt"
+    text = render_graph(_graph_flags(plan, lora_files), header=_header(plan))
+    if write_graph(graph_path, text):
+        print(f"Wrote {graph_path}", flush=True)
+    if options.config_path is not None:
+        config_path = options.config_path.absolute()
+        base_path = os.path.relpath(plan.model_dir, config_path.parent)
+        try:
+            write_model_entry(config_path, plan.served_name, base_path)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--config_path {options.config_path}: cannot update it: {_first_line(exc)}") from exc
+        print(f"Model '{plan.served_name}' is in {options.config_path} (base_path {base_path})", flush=True)
+    return GraphEntry(plan.served_name, graph_path, f"--source_model {plan.source_model}")
+
+
+def run_pull(options: PullOptions) -> int:
+    """``ovms-graph pull``: 0 when the model is ready to serve, 1 when a download or conversion failed,
+    2 for flags that cannot be used or a written graph that does not validate."""
+    try:
+        entry = pull_model(options)
+    except PullError as exc:
+        print(f"ovms-graph pull: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    return validate_pulled(entry)
+
+
+def validate_pulled(entry: GraphEntry) -> int:
+    """Check the written graph with the installed calculators, as ``ovms-graph validate`` would;
+    0 and one line when valid, 2 with every problem printed otherwise."""
+    from ovms_graph.graph import load_spec
+    from ovms_graph.registry import Registry
+    from ovms_graph.validation import validate_graph
+
+    registry = Registry.from_entry_points()
+    try:
+        problems = validate_graph(load_spec(entry.graph_path, registry), registry, graph_name=entry.name)
+    except ConfigError as exc:
+        problems = exc.problems
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print(f"ovms-graph pull: error: the written graph {entry.graph_path} does not validate", file=sys.stderr)
+        return 2
+    print(f'{entry.graph_path}: graph "{entry.name}" is valid', flush=True)
+    return 0
