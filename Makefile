@@ -12,17 +12,20 @@ CONFIG ?= graphs/demo/config.json
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The example plugin is installed like any third-party calculator package, and its tests run with ours.
+$(VENV)/.installed: pyproject.toml examples/prompt_guard_plugin/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-build-isolation -e examples/prompt_guard_plugin
 	touch $@
 
 lint: install
 	$(VENV)/bin/ruff check $(wildcard ovms_graph calculators tests tools bench examples)
 	$(VENV)/bin/mypy ovms_graph
+	cd examples/prompt_guard_plugin && MYPYPATH=$(CURDIR) $(CURDIR)/$(VENV)/bin/mypy src tests gen_proto.py
 
 test: install lint
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider tests examples/prompt_guard_plugin/tests
 
 proto: install
 	$(PY) tools/gen_protos.py

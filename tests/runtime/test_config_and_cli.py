@@ -99,7 +99,7 @@ def test_validate_prints_every_problem_and_exits_2(tmp_path: Path) -> None:
     assert lines[0] == (f'{graph}:1: max_queue_size: graph field "max_queue_size" is part of MediaPipe\'s schema '
                         "but ovms-graph does not act on it; remove it")
     assert lines[1].startswith(f'{graph}:2: node "#0" (ImageGenCalculatr): calculator: unknown calculator '
-                               "\"ImageGenCalculatr\"; did you mean 'ImageGenCalculator'?")
+                               "\"ImageGenCalculatr\"; did you mean 'ImageGenCalculator'")
     assert lines[-1] == "validation failed"
 
 
