@@ -314,10 +314,9 @@ def _clip_forward(
         states.append(hidden)
     last = text_model.final_layer_norm(hidden)
     eos = text_model.config.eos_token_id
-    if eos == 2:  # legacy configs: EOS is the largest id in the sequence
-        pos = input_ids.to(torch.int).argmax(dim=-1)
-    else:
-        pos = (input_ids.to(torch.int) == eos).int().argmax(dim=-1)
+    ids = input_ids.to(torch.int)
+    # legacy configs (eos_token_id 2): EOS is the largest id in the sequence; else its first position
+    pos = ids.argmax(dim=-1) if eos == 2 else (ids == eos).int().argmax(dim=-1)
     pooled = last[torch.arange(last.shape[0]), pos]
     return last, pooled, states if with_hidden else []
 
