@@ -59,5 +59,9 @@ $(FIXTURES_VENV)/.installed: pyproject.toml
 fixtures: fixtures-env
 	bash tools/build_fixtures.sh $(FIXTURES_VENV)/bin/python
 
+bench: install
+	$(PY) bench/bench_image_gen.py
+	$(PY) bench/bench_lora.py
+
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,205 @@
+"""Image generation serving cost: the server vs openvino_genai directly, and pipeline-set throughput.
+
+In one run, on the tiny SD1.5 model at the default precision:
+
+1. Latency. The same text-to-image request (fixed seed) is timed directly with
+   ``openvino_genai.Text2ImagePipeline.generate`` in this process and through ``ovms-graph serve``
+   (a real process on 127.0.0.1, NUM_STREAMS 1; HTTP, JSON, PNG encoding and base64 included),
+   alternating the two, at 64x64 / 2 steps and 256x256 / 4 steps. Reports the medians and the
+   server / direct ratio (target <= 1.05 at 256x256).
+2. Throughput. A server with NUM_STREAMS 1, then one with NUM_STREAMS 2, each answering
+   ``--requests`` requests from 1, 2 and 4 client threads (256x256 / 4 steps by default). Reports
+   requests per second (median over rounds) and NUM_STREAMS 2 / NUM_STREAMS 1 at concurrency 2
+   (target >= 1.1).
+
+Prints Markdown tables (as in docs/performance.md). Usage::
+
+    .venv/bin/python bench/bench_image_gen.py [--repeats 9] [--requests 12] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_SD15 = REPO / "models" / "tiny" / "sd15"
+GRAPH = """input_stream: "HTTP_REQUEST_PAYLOAD:input"
+output_stream: "HTTP_RESPONSE_PAYLOAD:output"
+node: {{
+  name: "ImageGenExecutor"
+  calculator: "ImageGenCalculator"
+  input_stream: "HTTP_REQUEST_PAYLOAD:input"
+  input_side_packet: "IMAGE_GEN_NODE_RESOURCES:pipes"
+  output_stream: "HTTP_RESPONSE_PAYLOAD:output"
+  node_options: {{
+    [type.googleapis.com / mediapipe.ImageGenCalculatorOptions]: {{
+      models_path: "{models}"
+      plugin_config: '{{"NUM_STREAMS": {streams}}}'
+    }}
+  }}
+}}
+"""
+PROMPT = "a red circle on a white background"
+LATENCY_CASES = ((64, 2), (256, 4))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def serve(model: Path, streams: int) -> Iterator[str]:
+    """``ovms-graph serve`` on a free port with one graph ("sd") of ``streams`` pipeline sets."""
+    with tempfile.TemporaryDirectory(prefix="bench-image-gen-") as tmp:
+        folder = Path(tmp) / "sd"
+        folder.mkdir()
+        (folder / "graph.pbtxt").write_text(GRAPH.format(models=model, streams=streams))
+        config = Path(tmp) / "config.json"
+        config.write_text(json.dumps({"model_config_list": [{"config": {"name": "sd", "base_path": "sd"}}]}))
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        script = REPO / ".venv" / "bin" / "ovms-graph"
+        command = [str(script) if script.exists() else "ovms-graph", "serve", "--config_path", str(config),
+                   "--rest_port", str(port), "--log_level", "WARNING"]
+        proc = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            deadline = time.monotonic() + 900
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"server exited with status {proc.returncode}")
+                try:
+                    if requests.get(f"{url}/v2/health/ready", timeout=5).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("server did not become ready")
+                time.sleep(0.5)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=120)
+
+
+def body(size: int, steps: int, seed: int = 1) -> dict[str, object]:
+    return {"prompt": PROMPT, "size": f"{size}x{size}", "num_inference_steps": steps, "rng_seed": seed}
+
+
+def post(url: str, payload: dict[str, object]) -> None:
+    response = requests.post(f"{url}/v3/images/generations", json=payload, timeout=600)
+    if response.status_code != 200:
+        raise RuntimeError(f"{response.status_code} {response.text[:300]}")
+    response.json()
+
+
+def timed(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def latency(model: Path, repeats: int) -> list[tuple[str, float, float]]:
+    """(case, direct median s, server median s) per LATENCY_CASES, direct and server alternating."""
+    import numpy as np
+    import openvino_genai  # type: ignore[import-untyped]
+
+    direct = openvino_genai.Text2ImagePipeline(str(model), "CPU")
+    results = []
+    with serve(model, 1) as url:
+        for size, steps in LATENCY_CASES:
+            def run_direct(size: int = size, steps: int = steps) -> None:
+                np.array(direct.generate(PROMPT, width=size, height=size, num_inference_steps=steps,
+                                         rng_seed=1).data, copy=True)
+
+            def run_server(size: int = size, steps: int = steps) -> None:
+                post(url, body(size, steps))
+
+            for _ in range(2):  # warm-up: first inferences at a new shape compile kernels
+                run_direct()
+                run_server()
+            direct_times, server_times = [], []
+            for _ in range(repeats):
+                direct_times.append(timed(run_direct))
+                server_times.append(timed(run_server))
+            results.append((f"{size}x{size}, {steps} steps", statistics.median(direct_times),
+                            statistics.median(server_times)))
+    return results  # the direct pipeline is released here, before the throughput servers start
+
+
+def throughput(model: Path, streams: int, size: int, steps: int, requests_per_round: int, rounds: int,
+               concurrencies: tuple[int, ...]) -> dict[int, float]:
+    """Requests per second (median over rounds) per client concurrency, against NUM_STREAMS ``streams``."""
+    with serve(model, streams) as url:
+        with ThreadPoolExecutor(max(concurrencies)) as pool:  # warm-up, every set and shape
+            list(pool.map(lambda seed: post(url, body(size, steps, seed)), range(2 * streams)))
+        found: dict[int, list[float]] = {c: [] for c in concurrencies}
+        for _ in range(rounds):
+            for concurrency in concurrencies:
+                payloads = [body(size, steps, seed) for seed in range(requests_per_round)]
+                with ThreadPoolExecutor(concurrency) as pool:
+                    started = time.perf_counter()
+                    list(pool.map(lambda p: post(url, p), payloads))
+                    elapsed = time.perf_counter() - started
+                found[concurrency].append(requests_per_round / elapsed)
+    return {c: statistics.median(values) for c, values in found.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=TINY_SD15, help="model folder (default models/tiny/sd15)")
+    parser.add_argument("--repeats", type=int, default=9, help="latency samples per case (default 9)")
+    parser.add_argument("--requests", type=int, default=12, help="requests per throughput round (default 12)")
+    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds (default 3)")
+    parser.add_argument("--size", type=int, default=256, help="throughput image side (default 256)")
+    parser.add_argument("--steps", type=int, default=4, help="throughput denoising steps (default 4)")
+    args = parser.parse_args()
+    if not (args.model / "model_index.json").is_file():
+        print(f"no model at {args.model}; run `make fixtures`", file=sys.stderr)
+        return 1
+
+    import openvino  # type: ignore[import-untyped]
+
+    concurrencies = (1, 2, 4)
+    lat = latency(args.model, args.repeats)
+    tput = {streams: throughput(args.model, streams, args.size, args.steps, args.requests, args.rounds,
+                                concurrencies) for streams in (1, 2)}
+
+    print(f"{args.model.relative_to(REPO) if args.model.is_relative_to(REPO) else args.model}, default precision, "
+          f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), OpenVINO {openvino.__version__}\n")
+    print("| request | direct openvino_genai (median) | through the server (median) | server / direct |")
+    print("|---|---:|---:|---:|")
+    for case, direct, served in lat:
+        print(f"| {case} | {direct * 1000:.1f} ms | {served * 1000:.1f} ms | {served / direct:.3f} |")
+    print(f"\n{args.size}x{args.size}, {args.steps} steps, {args.requests} requests x {args.rounds} rounds (median):\n")
+    print("| clients | NUM_STREAMS 1 (req/s) | NUM_STREAMS 2 (req/s) | 2 / 1 |")
+    print("|---:|---:|---:|---:|")
+    for c in concurrencies:
+        print(f"| {c} | {tput[1][c]:.2f} | {tput[2][c]:.2f} | {tput[2][c] / tput[1][c]:.2f}x |")
+    ratio_latency = lat[-1][2] / lat[-1][1]
+    ratio_streams = tput[2][2] / tput[1][2]
+    print(f"\nserver / direct at 256x256 = {ratio_latency:.3f} (target <= 1.05): "
+          f"{'PASS' if ratio_latency <= 1.05 else 'FAIL'}")
+    print(f"NUM_STREAMS 2 / 1 at 2 clients = {ratio_streams:.2f} (target >= 1.10): "
+          f"{'PASS' if ratio_streams >= 1.1 else 'FAIL'}")
+    return 0 if ratio_latency <= 1.05 and ratio_streams >= 1.1 else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Building blocks of ImageGenCalculator: options, requests, images, pipelines, streaming, LoRA."""

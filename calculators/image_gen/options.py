@@ -1,0 +1,272 @@
+"""ImageGenCalculatorOptions at load time: every option rule of SPEC §4 and §9, as pure functions.
+
+:func:`parse_options` turns a node's options into a frozen :class:`NodeSettings`, or into the list
+of every problem found (each naming its field, e.g. ``node_options.max_resolution``). It only
+looks at the filesystem (``models_path`` must exist); it never loads a model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from calculators.protos.image_gen_calculator_pb2 import ImageGenCalculatorOptions
+from ovms_graph.calculator import LoadContext, NodeIssue
+
+#: Prefix of every field name this module reports; the runtime renders it after the node.
+FIELD_PREFIX = "node_options."
+
+_RESOLUTION_RE = re.compile(r"^([0-9]+)x([0-9]+)$")
+_NUMERIC_RE = re.compile(r"^[0-9]+$")
+
+
+@dataclass(frozen=True, order=True)
+class Resolution:
+    """A WIDTHxHEIGHT pair of positive pixel counts."""
+
+    width: int
+    height: int
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}"
+
+    def fits_in(self, limit: Resolution) -> bool:
+        """Whether both sides are within ``limit``."""
+        return self.width <= limit.width and self.height <= limit.height
+
+
+def parse_resolution(text: str) -> Resolution:
+    """``"512x768"`` as a Resolution; raises ValueError with the user-facing reason otherwise."""
+    match = _RESOLUTION_RE.match(text)
+    if match is None:
+        raise ValueError(f'expected WIDTHxHEIGHT, got "{text}"')
+    width, height = int(match.group(1)), int(match.group(2))
+    if width <= 0 or height <= 0:
+        raise ValueError(f'expected WIDTHxHEIGHT with both values greater than 0, got "{text}"')
+    return Resolution(width, height)
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """The validated options of one ImageGenCalculator node.
+
+    ``plugin_config`` no longer contains NUM_STREAMS: it became ``num_streams`` (the number of
+    pipeline sets in the node's pool). ``static_resolutions`` is empty for dynamic shapes; with one
+    entry the models are reshaped to it (``reshaped``).
+    """
+
+    models_path: Path
+    devices: tuple[str, ...] = ("CPU",)
+    plugin_config: Mapping[str, Any] = field(default_factory=dict)
+    num_streams: int = 1
+    max_resolution: Resolution = Resolution(4096, 4096)
+    default_resolution: Resolution | None = None
+    max_num_images_per_prompt: int = 10
+    default_num_inference_steps: int = 50
+    max_num_inference_steps: int = 100
+    static_resolutions: tuple[Resolution, ...] = ()
+    static_num_images_per_prompt: int | None = None
+    static_guidance_scale: float | None = None
+
+    @property
+    def reshaped(self) -> bool:
+        """Whether the models are reshaped to a single static resolution before compiling."""
+        return len(self.static_resolutions) == 1
+
+    @property
+    def uses_npu(self) -> bool:
+        return any(d.upper().startswith("NPU") for d in self.devices)
+
+
+def parse_devices(text: str) -> tuple[str, ...]:
+    """``"CPU"`` or ``"CPU GPU NPU"`` (text encoder, denoiser, VAE); raises ValueError otherwise."""
+    devices = tuple(text.split())
+    if len(devices) not in (1, 3):
+        raise ValueError(
+            f"expected 1 device or 3 space-separated devices (text encoder, denoiser, VAE), "
+            f'got {len(devices)}: "{text}"')
+    return devices
+
+
+def parse_plugin_config(text: str) -> tuple[dict[str, Any], int]:
+    """The plugin_config JSON object (``""`` means ``{}``) without NUM_STREAMS, and NUM_STREAMS.
+
+    Raises ValueError with the user-facing reason when it is not a JSON object or NUM_STREAMS is
+    not a positive integer (a JSON integer or a numeric string).
+    """
+    if not text.strip():
+        return {}, 1
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"expected a JSON object, got invalid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got {_json_kind(value)}")
+    config = dict(value)
+    streams_value = config.pop("NUM_STREAMS", 1)
+    streams: int | None = None
+    if isinstance(streams_value, int) and not isinstance(streams_value, bool):
+        streams = streams_value
+    elif isinstance(streams_value, str) and _NUMERIC_RE.match(streams_value.strip()):
+        streams = int(streams_value.strip())
+    if streams is None or streams < 1:
+        raise ValueError(f"NUM_STREAMS: expected a positive integer or numeric string, got {json.dumps(streams_value)}")
+    return config, streams
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return "a number"
+
+
+def parse_options(options: ImageGenCalculatorOptions | None, ctx: LoadContext
+                  ) -> tuple[NodeSettings | None, list[NodeIssue]]:
+    """The node's settings, or None and every problem found (never raises on bad options)."""
+    issues: list[NodeIssue] = []
+
+    def issue(fld: str, message: str) -> None:
+        issues.append(NodeIssue(message, field=FIELD_PREFIX + fld))
+
+    if options is None:
+        return None, [NodeIssue(
+            "ImageGenCalculator needs node_options "
+            "{ [type.googleapis.com/mediapipe.ImageGenCalculatorOptions]: { models_path: \"...\" } }",
+            field="node_options")]
+
+    models_path = ctx.resolve_path(options.models_path) if options.models_path else ctx.graph_dir
+    if not options.HasField("models_path"):
+        issue("models_path", "required field is missing")
+    elif not options.models_path.strip():
+        issue("models_path", "must not be empty (use \"./\" for the graph's folder)")
+    elif not models_path.is_dir():
+        issue("models_path", f'directory "{options.models_path}" does not exist (resolved to {models_path})')
+    elif not (models_path / "model_index.json").is_file():
+        issue("models_path", f"{models_path} has no model_index.json; expected an OpenVINO GenAI image "
+                             "generation model folder")
+
+    devices: tuple[str, ...] = ("CPU",)
+    if options.HasField("device"):
+        try:
+            devices = parse_devices(options.device)
+        except ValueError as exc:
+            issue("device", str(exc))
+
+    plugin_config: dict[str, Any] = {}
+    num_streams = 1
+    if options.HasField("plugin_config"):
+        try:
+            plugin_config, num_streams = parse_plugin_config(options.plugin_config)
+        except ValueError as exc:
+            issue("plugin_config", str(exc))
+
+    max_resolution = Resolution(4096, 4096)
+    try:
+        max_resolution = parse_resolution(options.max_resolution)
+    except ValueError as exc:
+        issue("max_resolution", str(exc))
+
+    static: list[Resolution] = []
+    if options.HasField("resolution"):
+        tokens = options.resolution.split()
+        if not tokens:
+            issue("resolution", "expected one or more space-separated WIDTHxHEIGHT values, got an empty string")
+        for token in tokens:
+            try:
+                res = parse_resolution(token)
+            except ValueError as exc:
+                issue("resolution", str(exc))
+                continue
+            if res in static:
+                issue("resolution", f'"{token}" is listed twice')
+                continue
+            if res.width % 8 or res.height % 8:
+                issue("resolution", f'"{token}": width and height must be divisible by 8')
+            elif options.HasField("max_resolution") and not res.fits_in(max_resolution):
+                issue("resolution", f'"{token}" exceeds max_resolution {max_resolution}')
+            static.append(res)
+
+    default_resolution: Resolution | None = None
+    if options.HasField("default_resolution"):
+        try:
+            default_resolution = parse_resolution(options.default_resolution)
+        except ValueError as exc:
+            issue("default_resolution", str(exc))
+    if default_resolution is not None:
+        if default_resolution.width % 8 or default_resolution.height % 8:
+            issue("default_resolution", f"{default_resolution}: width and height must be divisible by 8")
+        if not default_resolution.fits_in(max_resolution):
+            issue("default_resolution", f"{default_resolution} exceeds max_resolution {max_resolution}")
+        if static and default_resolution not in static:
+            listed = " ".join(str(r) for r in static)
+            issue("default_resolution", f"{default_resolution} is not one of the static resolutions ({listed})")
+
+    single_static = len(static) == 1
+    for name in ("num_images_per_prompt", "guidance_scale"):
+        if not options.HasField(name):
+            continue
+        if not options.HasField("resolution"):
+            issue(name, f'{name} requires a single static resolution (set resolution: "WIDTHxHEIGHT")')
+        elif len(static) > 1:
+            issue(name, f"{name} cannot be used with several static resolutions")
+    static_images: int | None = None
+    if options.HasField("num_images_per_prompt"):
+        static_images = options.num_images_per_prompt
+        if static_images <= 0:
+            issue("num_images_per_prompt", f"must be greater than 0, got {static_images}")
+    static_guidance: float | None = None
+    if options.HasField("guidance_scale"):
+        static_guidance = options.guidance_scale
+        if not math.isfinite(static_guidance):
+            issue("guidance_scale", f"must be a finite number, got {static_guidance}")
+    if single_static:
+        for name in ("max_resolution", "max_num_images_per_prompt"):
+            if options.HasField(name):
+                issue(name, f"cannot be set with a single static resolution (the models are reshaped to "
+                            f"{static[0]}; remove {name})")
+
+    for name in ("max_num_images_per_prompt", "default_num_inference_steps", "max_num_inference_steps"):
+        if getattr(options, name) <= 0:
+            issue(name, f"must be greater than 0, got {getattr(options, name)}")
+    if 0 < options.max_num_inference_steps < options.default_num_inference_steps:
+        issue("default_num_inference_steps",
+              f"{options.default_num_inference_steps} exceeds max_num_inference_steps "
+              f"{options.max_num_inference_steps}")
+
+    if any(d.upper().startswith("NPU") for d in devices):
+        if not options.HasField("resolution"):
+            issue("resolution", 'NPU requires a static resolution: set resolution: "WIDTHxHEIGHT"')
+        elif len(static) > 1:
+            issue("resolution", f"NPU requires exactly one static resolution, got {len(static)}")
+
+    if issues:
+        return None, issues
+    max_images = options.max_num_images_per_prompt
+    if single_static:
+        # The reshaped batch is fixed: the static value is the only count a request may ask for.
+        max_images = static_images if static_images is not None else 1
+    return NodeSettings(
+        models_path=models_path,
+        devices=devices,
+        plugin_config=plugin_config,
+        num_streams=num_streams,
+        max_resolution=max_resolution,
+        default_resolution=default_resolution,
+        max_num_images_per_prompt=max_images,
+        default_num_inference_steps=options.default_num_inference_steps,
+        max_num_inference_steps=options.max_num_inference_steps,
+        static_resolutions=tuple(static),
+        static_num_images_per_prompt=static_images,
+        static_guidance_scale=static_guidance,
+    ), []

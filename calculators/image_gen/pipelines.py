@@ -1,0 +1,389 @@
+"""OpenVINO GenAI pipelines of one ImageGenCalculator node: what the model is, and a pool of sets.
+
+:class:`ModelInfo` is read from the model folder (``model_index.json`` and the submodels'
+``config.json``) without loading anything: the family (SD, SDXL, SD3, FLUX), whether it is an
+inpainting variant, the prompt fields it uses and the pixel multiple sizes must respect.
+
+A :class:`PipelineSet` is one inpainting, one image-to-image and one text-to-image pipeline sharing
+one weight load (inpainting loaded from disk, image-to-image derived from it, text-to-image from
+that; a refused derivation falls back to loading from disk; FLUX and SD3 load each from disk, see
+:data:`DERIVABLE`). OpenVINO GenAI's Python bindings have
+no ``clone()`` and a pipeline runs one ``generate`` at a time, so a node keeps a
+:class:`PipelinePool` of sets (``NUM_STREAMS``, default 1) and each request borrows one.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from calculators.image_gen.lora import LoraPlan
+from calculators.image_gen.options import NodeSettings, Resolution
+from ovms_graph.errors import RequestCancelled, ServiceUnavailable
+
+log = logging.getLogger("calculators.image_gen")
+
+
+class Task(enum.Enum):
+    """What a request asks the model to do; each task has its own pipeline class."""
+
+    TEXT2IMAGE = "text-to-image"
+    IMAGE2IMAGE = "image-to-image"
+    INPAINTING = "inpainting"
+
+
+class Family(enum.Enum):
+    """Model architectures OpenVINO GenAI serves, by the prompts and options they take."""
+
+    SD = "SD"
+    SDXL = "SDXL"
+    SD3 = "SD3"
+    FLUX = "FLUX"
+    UNKNOWN = "unknown"
+
+
+#: Request text fields each family uses besides ``prompt``.
+FAMILY_TEXT_FIELDS: Mapping[Family, frozenset[str]] = {
+    Family.SD: frozenset({"negative_prompt"}),
+    Family.SDXL: frozenset({"prompt_2", "negative_prompt", "negative_prompt_2"}),
+    Family.SD3: frozenset({"prompt_2", "prompt_3", "negative_prompt", "negative_prompt_2", "negative_prompt_3"}),
+    Family.FLUX: frozenset({"prompt_2"}),
+    Family.UNKNOWN: frozenset({"prompt_2", "prompt_3", "negative_prompt", "negative_prompt_2",
+                               "negative_prompt_3"}),
+}
+#: Families whose pipelines may be derived from one another (sharing one weight load). OpenVINO
+#: GenAI 2026.4 accepts deriving FLUX pipelines, but their generate() then crashes the process; SD3
+#: is untested: both load every pipeline from disk.
+DERIVABLE = frozenset({Family.SD, Family.SDXL})
+#: Families whose text encoders include T5 (``max_sequence_length`` applies).
+T5_FAMILIES = frozenset({Family.SD3, Family.FLUX, Family.UNKNOWN})
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Facts about a model folder that request validation needs; read without loading the model."""
+
+    class_name: str
+    family: Family
+    inpainting_variant: bool
+    denoiser_in_channels: int | None
+    size_multiple: int
+    #: The scheduler's num_train_timesteps: no more inference steps than that (None: unknown).
+    max_steps: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.family.value} ({self.class_name})"
+
+    @property
+    def text_fields(self) -> frozenset[str]:
+        if self.class_name.startswith("LatentConsistencyModel"):
+            return frozenset()  # LCM distils guidance into the UNet: no negative prompt
+        return FAMILY_TEXT_FIELDS[self.family]
+
+    @property
+    def uses_max_sequence_length(self) -> bool:
+        return self.family in T5_FAMILIES
+
+    def single_image_reason(self, task: Task) -> str | None:
+        """Why ``task`` can produce only one image per request with this model, or None.
+
+        OpenVINO GenAI 2026.4 fails for n > 1 on: inpainting with a plain 4-channel SD or SDXL UNet
+        (the image latent is not batched), and every FLUX edit (latent shapes do not match).
+        """
+        if task is Task.INPAINTING and self.family in (Family.SD, Family.SDXL) and self.denoiser_in_channels == 4:
+            return f"inpainting with this {self.family.value} model (4-channel UNet)"
+        if task is not Task.TEXT2IMAGE and self.family is Family.FLUX:
+            return f"{task.value} with FLUX models"
+        return None
+
+
+def family_of(class_name: str) -> Family:
+    """The family of a diffusers pipeline class name (``StableDiffusionXLInpaintPipeline`` -> SDXL)."""
+    if class_name.startswith("StableDiffusion3"):
+        return Family.SD3
+    if class_name.startswith("StableDiffusionXL"):
+        return Family.SDXL
+    if class_name.startswith(("StableDiffusion", "LatentConsistencyModel")):
+        return Family.SD
+    if class_name.startswith("Flux"):
+        return Family.FLUX
+    return Family.UNKNOWN
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def read_model_info(models_path: Path) -> ModelInfo:
+    """The :class:`ModelInfo` of an exported model folder; raises ValueError when
+    ``model_index.json`` is missing or names no pipeline class."""
+    index = _read_json(models_path / "model_index.json")
+    class_name = index.get("_class_name")
+    if not isinstance(class_name, str) or not class_name:
+        raise ValueError(f"{models_path / 'model_index.json'} is missing or has no \"_class_name\"")
+    family = family_of(class_name)
+    unet = _read_json(models_path / "unet" / "config.json")
+    denoiser = unet or _read_json(models_path / "transformer" / "config.json")
+    in_channels = denoiser.get("in_channels")
+    vae = _read_json(models_path / "vae_decoder" / "config.json")
+    blocks = vae.get("block_out_channels")
+    vae_scale = 2 ** (len(blocks) - 1) if isinstance(blocks, list) and blocks else 8
+    multiple = vae_scale
+    unet_blocks = unet.get("block_out_channels")
+    if isinstance(unet_blocks, list) and unet_blocks:
+        # An exported UNet upsamples by exactly 2 per block: the latent must survive every
+        # downsampling evenly (SD 1.5: 8 * 2**3 = 64 pixels), or inference fails on a concat.
+        multiple = vae_scale * 2 ** (len(unet_blocks) - 1)
+    elif family is Family.FLUX:
+        multiple = vae_scale * 2  # latents are packed 2x2
+    elif family is Family.SD3 or "patch_size" in denoiser:
+        patch = denoiser.get("patch_size")
+        multiple = vae_scale * (patch if isinstance(patch, int) and patch > 0 else 2)
+    train_steps = _read_json(models_path / "scheduler" / "scheduler_config.json").get("num_train_timesteps")
+    # SPEC §5: sizes are always multiples of 8, and of whatever the model itself needs.
+    multiple = math.lcm(8, multiple)
+    return ModelInfo(
+        class_name=class_name,
+        family=family,
+        inpainting_variant="Inpaint" in class_name or "Fill" in class_name,
+        denoiser_in_channels=in_channels if isinstance(in_channels, int) else None,
+        size_multiple=multiple,
+        max_steps=train_steps if isinstance(train_steps, int) and train_steps > 0 else None,
+    )
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """What the model does when a request leaves a value out (from its generation config)."""
+
+    resolution: Resolution
+    guidance_scale: float
+    #: The T5 sequence length; OpenVINO GenAI 2026.4 fixes it at a pipeline's first generate.
+    max_sequence_length: int = 512
+
+
+@dataclass
+class PipelineSet:
+    """One pipeline per available task, sharing weights; used by one request at a time."""
+
+    index: int
+    pipelines: dict[Task, Any] = field(default_factory=dict)
+
+    def get(self, task: Task) -> Any:
+        return self.pipelines[task]
+
+
+def compile_properties(settings: NodeSettings, sets: int, cores: int | None = None) -> dict[str, Any]:
+    """The properties passed to ``compile``: plugin_config (NUM_STREAMS removed), and with more than
+    one set on CPU the threads split between sets (INFERENCE_NUM_THREADS, pinning off) unless the
+    operator set them. Sets run truly in parallel only that way."""
+    props = dict(settings.plugin_config)
+    if sets > 1 and all(d.upper() == "CPU" for d in settings.devices):
+        total = cores if cores is not None else (os.cpu_count() or 1)
+        props.setdefault("INFERENCE_NUM_THREADS", max(1, total // sets))
+        props.setdefault("ENABLE_CPU_PINNING", False)
+    return props
+
+
+class PipelineBuilder:
+    """Builds pipeline sets for one node: loads, reshapes and compiles, derives what it can."""
+
+    def __init__(self, settings: NodeSettings, properties: Mapping[str, Any],
+                 extra_kwargs: Callable[[], Mapping[str, Any]], *, derive: bool = True) -> None:
+        self.settings = settings
+        self.properties = dict(properties)
+        self.extra_kwargs = extra_kwargs
+        self.derive = derive
+        #: Why a task could not be built (first set), for load logs and request errors.
+        self.refused: dict[Task, str] = {}
+
+    def _classes(self) -> dict[Task, Any]:
+        import openvino_genai  # type: ignore[import-untyped]
+
+        return {Task.INPAINTING: openvino_genai.InpaintingPipeline,
+                Task.IMAGE2IMAGE: openvino_genai.Image2ImagePipeline,
+                Task.TEXT2IMAGE: openvino_genai.Text2ImagePipeline}
+
+    def _load(self, task: Task) -> Any:
+        pipe = self._classes()[task](str(self.settings.models_path))
+        if self.settings.reshaped:
+            res = self.settings.static_resolutions[0]
+            images = self.settings.static_num_images_per_prompt or 1
+            guidance = self.settings.static_guidance_scale
+            if guidance is None:
+                guidance = float(pipe.get_generation_config().guidance_scale)
+            pipe.reshape(images, res.height, res.width, guidance)
+        kwargs = {**self.properties, **self.extra_kwargs()}
+        pipe.compile(*self.settings.devices, **kwargs)
+        return pipe
+
+    def build(self, index: int) -> PipelineSet:
+        """One set. Inpainting from disk, image-to-image derived from it, text-to-image derived from
+        that; each step falls back to loading from disk when derivation is refused (or, with
+        ``derive`` off, always loads from disk). A task that cannot be built at all is left out
+        (``refused`` says why)."""
+        classes = self._classes()
+        built = PipelineSet(index)
+        source: Any = None
+        for task in (Task.INPAINTING, Task.IMAGE2IMAGE, Task.TEXT2IMAGE):
+            pipe: Any = None
+            if source is not None and self.derive:
+                try:
+                    pipe = classes[task](source)
+                except Exception as exc:  # GenAI refuses some derivations; loading from disk may still work
+                    log.info("set %d: %s cannot be derived (%s); loading it from disk", index, task.value,
+                             genai_reason(exc))
+            if pipe is None:
+                try:
+                    pipe = self._load(task)
+                except Exception as exc:
+                    self.refused.setdefault(task, f"{type(exc).__name__}: {genai_reason(exc)}")
+                    log.info("set %d: %s is not available for this model: %s", index, task.value,
+                             genai_reason(exc))
+                    continue
+            built.pipelines[task] = pipe
+            source = pipe
+        return built
+
+
+def genai_reason(exc: BaseException) -> str:
+    """The human part of an OpenVINO exception, without the "Exception from <source path>:" and
+    "Check '...' failed at <source path>:" lines that lead it."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    meaningful = [line for line in lines
+                  if not (line.startswith(("Exception from ", "Check '")) and line.endswith(":"))]
+    return (meaningful or lines or [type(exc).__name__])[-1]
+
+
+class PipelinePool:
+    """A fixed set of pipeline sets; each request borrows one. Not a global lock: N sets serve N
+    requests at once. Thread-safe."""
+
+    def __init__(self, sets: list[PipelineSet]) -> None:
+        self._all = list(sets)
+        self._free = list(sets)
+        self._cond = threading.Condition()
+        self._closed = False
+
+    @property
+    def size(self) -> int:
+        return len(self._all)
+
+    @property
+    def available(self) -> int:
+        """How many sets are free right now (for tests and metrics)."""
+        with self._cond:
+            return len(self._free)
+
+    def acquire(self, cancelled: Callable[[], bool], poll: float = 0.05) -> PipelineSet:
+        """A free set, waiting as long as needed. Raises RequestCancelled when ``cancelled()``
+        turns true while waiting, ServiceUnavailable once the pool is closed."""
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise ServiceUnavailable("the model is shutting down")
+                if self._free:
+                    return self._free.pop()
+                if cancelled():
+                    raise RequestCancelled("the client went away while waiting for a free pipeline")
+                self._cond.wait(poll)
+
+    def release(self, pipes: PipelineSet) -> None:
+        """Give a set back (exactly once per acquire)."""
+        with self._cond:
+            if pipes not in self._free:
+                self._free.append(pipes)
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Refuse new borrowers and drop the pipelines once every set is back (waits up to 60 s)."""
+        with self._cond:
+            self._closed = True
+            deadline = time.monotonic() + 60.0
+            while len(self._free) < len(self._all) and time.monotonic() < deadline:
+                self._cond.wait(0.1)
+            for pipes in self._all:
+                pipes.pipelines.clear()
+            self._free.clear()
+            self._cond.notify_all()
+
+
+@dataclass
+class ImageGenResources:
+    """The IMAGE_GEN_NODE_RESOURCES side packet: everything a request of this node needs.
+
+    ``concurrency`` (the number of pipeline sets) tells the runtime how many requests the node can
+    run at once; ``close()`` releases the pipelines at shutdown.
+    """
+
+    node: str
+    settings: NodeSettings
+    info: ModelInfo
+    defaults: ModelDefaults
+    pool: PipelinePool
+    lora: LoraPlan
+    tasks: frozenset[Task]
+    refused: Mapping[Task, str] = field(default_factory=dict)
+
+    @property
+    def concurrency(self) -> int:
+        return self.pool.size
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def model_defaults(pipes: PipelineSet) -> ModelDefaults:
+    """Default size and guidance of the model, from the generation config of any built pipeline."""
+    for task in (Task.TEXT2IMAGE, Task.IMAGE2IMAGE, Task.INPAINTING):
+        pipe = pipes.pipelines.get(task)
+        if pipe is not None:
+            config = pipe.get_generation_config()
+            return ModelDefaults(Resolution(int(config.width), int(config.height)), float(config.guidance_scale),
+                                 int(config.max_sequence_length))
+    raise ValueError("no pipeline was built")
+
+
+def build_resources(node: str, settings: NodeSettings, info: ModelInfo, lora: LoraPlan) -> ImageGenResources:
+    """Load, reshape and compile ``settings.num_streams`` pipeline sets. Raises RuntimeError naming
+    every task's failure when no pipeline at all can be built."""
+    sets = settings.num_streams
+    properties = compile_properties(settings, sets)
+    builder = PipelineBuilder(settings, properties, lora.compile_kwargs, derive=info.family in DERIVABLE)
+    started = time.monotonic()
+    first = builder.build(0)
+    if not first.pipelines:
+        reasons = "; ".join(f"{t.value}: {r}" for t, r in builder.refused.items())
+        raise RuntimeError(f"no pipeline could be built from {settings.models_path} ({reasons})")
+    all_sets = [first]
+    tasks = frozenset(first.pipelines)
+    for index in range(1, sets):
+        more = builder.build(index)
+        if frozenset(more.pipelines) != tasks:
+            raise RuntimeError(f"pipeline set {index} could not build the same tasks as set 0 "
+                               f"({sorted(t.value for t in more.pipelines)} vs {sorted(t.value for t in tasks)})")
+        all_sets.append(more)
+    refused = {t: r for t, r in builder.refused.items() if t not in tasks}
+    defaults = model_defaults(first)
+    shapes = (f"static {settings.static_resolutions[0]}" if settings.reshaped else "dynamic shapes")
+    log.info('node "%s": %s pipeline from %s; %d pipeline set(s) on %s, %s; tasks: %s%s; loaded in %.1f s',
+             node, info.label, settings.models_path, sets, " ".join(settings.devices), shapes,
+             ", ".join(t.value for t in Task if t in tasks),
+             "".join(f"; {t.value} unavailable ({r})" for t, r in refused.items()),
+             time.monotonic() - started)
+    return ImageGenResources(node=node, settings=settings, info=info, defaults=defaults,
+                             pool=PipelinePool(all_sets), lora=lora, tasks=tasks, refused=refused)

@@ -1,0 +1,570 @@
+"""Strict parsing of image requests into a frozen :class:`ImageRequest` (SPEC §5 and §9).
+
+``images/generations`` takes a JSON object, ``images/edits`` multipart/form-data (``image`` or
+``image[]``: exactly one file; ``mask`` turns the edit into inpainting). Every field is checked
+for its type before anything else (JSON floats: numbers, never booleans, NaN or infinities; JSON
+integers: integers only; multipart text is parsed with the same strictness), then against the
+model and the node's limits. Everything a pipeline would silently ignore or misread is refused
+here, with a BadRequest naming the field: nothing reaches ``generate`` unchecked.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from calculators.image_gen.images import (
+    OUTPUT_FORMATS,
+    decode_image,
+    image_tensor_array,
+    mask_tensor_array,
+    resized,
+)
+from calculators.image_gen.options import NodeSettings, Resolution
+from calculators.image_gen.pipelines import ModelDefaults, ModelInfo, Task
+from ovms_graph.errors import BadRequest
+from ovms_graph.packets import HttpPayload, MultipartView
+
+GENERATIONS = "images/generations"
+EDITS = "images/edits"
+MAX_SEED = 2**63 - 1
+MAX_SEQUENCE_LENGTH = 512
+MAX_PARTIAL_IMAGES = 3
+TEXT_FIELDS = ("prompt_2", "prompt_3", "negative_prompt", "negative_prompt_2", "negative_prompt_3")
+NEGATIVE_FIELDS = ("negative_prompt", "negative_prompt_2", "negative_prompt_3")
+
+
+class Kind(enum.Enum):
+    """The JSON type a request field must have."""
+
+    STRING = "a string"
+    INTEGER = "an integer"
+    NUMBER = "a number"
+    BOOLEAN = "a boolean"
+    ANY = "any JSON value"
+
+
+#: Every non-file field a request may carry, with its type (SPEC §5).
+FIELDS: Mapping[str, Kind] = {
+    "model": Kind.STRING,
+    "prompt": Kind.STRING,
+    **{name: Kind.STRING for name in TEXT_FIELDS},
+    "size": Kind.STRING,
+    "width": Kind.INTEGER,
+    "height": Kind.INTEGER,
+    "n": Kind.INTEGER,
+    "num_images_per_prompt": Kind.INTEGER,
+    "num_inference_steps": Kind.INTEGER,
+    "guidance_scale": Kind.NUMBER,
+    "rng_seed": Kind.INTEGER,
+    "strength": Kind.NUMBER,
+    "max_sequence_length": Kind.INTEGER,
+    "response_format": Kind.STRING,
+    "output_format": Kind.STRING,
+    "output_compression": Kind.INTEGER,
+    "stream": Kind.BOOLEAN,
+    "partial_images": Kind.INTEGER,
+    "lora_alphas": Kind.ANY,
+}
+#: File fields of images/edits.
+FILE_FIELDS = ("image", "image[]", "mask")
+
+_INT_TEXT = re.compile(r"^[+-]?[0-9]+$")
+_FLOAT_TEXT = re.compile(r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$")
+_SIZE_RE = re.compile(r"^([0-9]+)x([0-9]+)$")
+
+
+@dataclass(frozen=True)
+class RequestRules:
+    """Everything request validation depends on: node options, model facts, available tasks."""
+
+    settings: NodeSettings
+    info: ModelInfo
+    defaults: ModelDefaults
+    tasks: frozenset[Task]
+    refused: Mapping[Task, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """A fully validated request: exactly what will be passed to the pipeline, and how to answer."""
+
+    route: str
+    task: Task
+    prompt: str
+    width: int
+    height: int
+    num_images: int
+    num_inference_steps: int
+    texts: Mapping[str, str] = field(default_factory=dict)
+    guidance_scale: float | None = None
+    rng_seed: int | None = None
+    strength: float | None = None
+    max_sequence_length: int | None = None
+    output_format: str = "png"
+    output_compression: int | None = None
+    stream: bool = False
+    partial_images: int = 0
+    lora_alphas: object | None = None
+    image: np.ndarray | None = field(default=None, repr=False, compare=False)
+    mask: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for the pipeline's ``generate`` (besides prompt, images and callback)."""
+        kwargs: dict[str, Any] = {
+            "width": self.width,
+            "height": self.height,
+            "num_images_per_prompt": self.num_images,
+            "num_inference_steps": self.num_inference_steps,
+        }
+        kwargs.update(self.texts)
+        if self.guidance_scale is not None:
+            kwargs["guidance_scale"] = self.guidance_scale
+        if self.rng_seed is not None:
+            kwargs["rng_seed"] = self.rng_seed
+        if self.strength is not None:
+            kwargs["strength"] = self.strength
+        if self.max_sequence_length is not None:
+            kwargs["max_sequence_length"] = self.max_sequence_length
+        return kwargs
+
+
+# --------------------------------------------------------------------------------------------------
+# Raw values and strict types
+
+
+@dataclass(frozen=True)
+class _Raw:
+    """A field as received: a JSON value, or the text of a multipart part."""
+
+    name: str
+    value: object
+    from_text: bool
+
+
+def _shown(raw: _Raw) -> str:
+    if raw.from_text:
+        text = str(raw.value)
+        return json.dumps(text if len(text) <= 40 else text[:40] + "...")
+    value = raw.value
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
+def _type_error(raw: _Raw, kind: Kind) -> BadRequest:
+    return BadRequest(f"{raw.name} must be {kind.value}, got {_shown(raw)}", param=raw.name)
+
+
+def _as_str(raw: _Raw) -> str:
+    if isinstance(raw.value, str):
+        return raw.value
+    raise _type_error(raw, Kind.STRING)
+
+
+def _as_int(raw: _Raw) -> int:
+    value = raw.value
+    if raw.from_text:
+        text = str(value).strip()
+        if _INT_TEXT.match(text):
+            return int(text)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise _type_error(raw, Kind.INTEGER)
+
+
+def _as_float(raw: _Raw) -> float:
+    value = raw.value
+    if raw.from_text:
+        text = str(value).strip()
+        if _FLOAT_TEXT.match(text):
+            number = float(text)
+            if math.isfinite(number):
+                return number
+        raise _type_error(raw, Kind.NUMBER)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+        if math.isfinite(number):
+            return number
+        raise BadRequest(f"{raw.name} must be a finite number, got {_shown(raw)}", param=raw.name)
+    raise _type_error(raw, Kind.NUMBER)
+
+
+def _as_bool(raw: _Raw) -> bool:
+    value = raw.value
+    if raw.from_text:
+        text = str(value).strip().lower()
+        if text in ("true", "false"):
+            return text == "true"
+    elif isinstance(value, bool):
+        return value
+    raise _type_error(raw, Kind.BOOLEAN)
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _as_json(raw: _Raw) -> object:
+    if not raw.from_text:
+        return raw.value
+    try:
+        return json.loads(str(raw.value), parse_constant=_reject_constant)
+    except ValueError:
+        raise BadRequest(f"{raw.name} must be a JSON object, got {_shown(raw)}", param=raw.name) from None
+
+
+_CONVERTERS = {Kind.STRING: _as_str, Kind.INTEGER: _as_int, Kind.NUMBER: _as_float, Kind.BOOLEAN: _as_bool,
+               Kind.ANY: _as_json}
+
+
+class _Fields:
+    """The typed values of a request's fields; every present field is type-checked up front."""
+
+    def __init__(self, raws: list[_Raw]) -> None:
+        self.values: dict[str, object] = {}
+        for raw in raws:
+            self.values[raw.name] = _CONVERTERS[FIELDS[raw.name]](raw)
+
+    def has(self, name: str) -> bool:
+        return name in self.values
+
+    def get_str(self, name: str) -> str | None:
+        value = self.values.get(name)
+        return value if isinstance(value, str) else None
+
+    def get_int(self, name: str) -> int | None:
+        value = self.values.get(name)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def get_float(self, name: str) -> float | None:
+        value = self.values.get(name)
+        return value if isinstance(value, float) else None
+
+    def get_bool(self, name: str) -> bool | None:
+        value = self.values.get(name)
+        return value if isinstance(value, bool) else None
+
+
+def _json_raws(body: object) -> list[_Raw]:
+    if not isinstance(body, dict):
+        raise BadRequest("JSON body must be an object")
+    raws: list[_Raw] = []
+    for name, value in body.items():
+        if name not in FIELDS:
+            raise BadRequest(f"Unhandled parameter: {name}", param=name)
+        if value is None and name != "prompt":
+            continue  # OpenAI clients send null for "not given"
+        raws.append(_Raw(name, value, from_text=False))
+    return raws
+
+
+def _multipart_raws(form: MultipartView) -> list[_Raw]:
+    raws: list[_Raw] = []
+    for name in form.field_names():
+        if name not in FIELDS and name not in FILE_FIELDS:
+            raise BadRequest(f"Unhandled parameter: {name}", param=name)
+    for name, values in form.fields.items():
+        if name in FILE_FIELDS:
+            raise BadRequest(f"{name} must be a file upload, not a text field", param=name)
+        if len(values) != 1:
+            raise BadRequest(f"{name} is given {len(values)} times; give it once", param=name)
+        raws.append(_Raw(name, values[0], from_text=True))
+    for name in form.files:
+        if name not in FILE_FIELDS:
+            raise BadRequest(f"{name} must be a text field, not a file upload", param=name)
+    return raws
+
+
+# --------------------------------------------------------------------------------------------------
+# The request
+
+
+def parse_request(payload: HttpPayload, rules: RequestRules) -> ImageRequest:
+    """The validated request ``payload`` carries; raises BadRequest naming the offending field."""
+    if payload.route == GENERATIONS:
+        if payload.multipart is not None:
+            raise BadRequest("images/generations expects a JSON body (Content-Type: application/json)")
+        body = payload.parsed_json
+        if body is None:
+            body = _load_json(payload.body)
+        fields = _Fields(_json_raws(body))
+        if not fields.has("prompt"):
+            raise BadRequest("prompt field is missing in JSON body", param="prompt")
+        return _build(fields, rules, route=GENERATIONS, form=None)
+    if payload.route == EDITS:
+        if payload.multipart is None:
+            raise BadRequest("images/edits expects a multipart/form-data body with the image file")
+        fields = _Fields(_multipart_raws(payload.multipart))
+        if not fields.has("prompt"):
+            raise BadRequest("Missing required field: 'prompt'", param="prompt")
+        return _build(fields, rules, route=EDITS, form=payload.multipart)
+    raise BadRequest(f"Unsupported URI: {payload.uri}")
+
+
+def _load_json(body: bytes) -> object:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise BadRequest("Failed to parse JSON") from None
+
+
+def _build(f: _Fields, rules: RequestRules, *, route: str, form: MultipartView | None) -> ImageRequest:
+    settings, info = rules.settings, rules.info
+    prompt = f.get_str("prompt")
+    if prompt is None:
+        raise BadRequest("prompt field is not a string", param="prompt")
+
+    # Fields the model or the route cannot use.
+    for name in TEXT_FIELDS:
+        if f.has(name) and name not in info.text_fields:
+            takes = ", ".join(["prompt", *sorted(info.text_fields)])
+            raise BadRequest(f"{name} is not supported by {info.label} models; they take {takes}", param=name)
+    if f.has("max_sequence_length") and not info.uses_max_sequence_length:
+        raise BadRequest(f"max_sequence_length is not supported by {info.label} models (only models with a T5 "
+                         "text encoder, SD3 and FLUX, use it)", param="max_sequence_length")
+    if f.has("strength") and route != EDITS:
+        raise BadRequest("strength is only supported by images/edits", param="strength")
+
+    response_format = f.get_str("response_format")
+    if response_format is not None and response_format != "b64_json":
+        raise BadRequest(f"Unsupported response_format: {response_format}. Only b64_json is supported.",
+                         param="response_format")
+    output_format = f.get_str("output_format") or "png"
+    if output_format not in OUTPUT_FORMATS:
+        raise BadRequest(f'output_format must be one of png, jpeg, webp, got "{output_format}"',
+                         param="output_format")
+    compression = f.get_int("output_compression")
+    if compression is not None:
+        if not 0 <= compression <= 100:
+            raise BadRequest(f"output_compression must be between 0 and 100, got {compression}",
+                             param="output_compression")
+        if output_format == "png":
+            raise BadRequest("output_compression applies only to output_format jpeg or webp",
+                             param="output_compression")
+
+    stream = bool(f.get_bool("stream"))
+    partial_images = f.get_int("partial_images") or 0
+    if f.has("partial_images"):
+        if not 0 <= partial_images <= MAX_PARTIAL_IMAGES:
+            raise BadRequest(f"partial_images must be between 0 and {MAX_PARTIAL_IMAGES}, got {partial_images}",
+                             param="partial_images")
+        if not stream:
+            raise BadRequest("partial_images requires stream: true", param="partial_images")
+
+    # Number of images.
+    if f.has("n") and f.has("num_images_per_prompt"):
+        raise BadRequest("n and num_images_per_prompt are mutually exclusive; set only one", param="n")
+    n_name = "n" if f.has("n") else "num_images_per_prompt"
+    num_images = f.get_int(n_name)
+    if num_images is None:
+        num_images = settings.static_num_images_per_prompt or 1
+    else:
+        if num_images <= 0:
+            raise BadRequest(f"{n_name} must be higher than 0", param=n_name)
+        if num_images > settings.max_num_images_per_prompt:
+            raise BadRequest(f"{n_name} is greater than max_num_images_per_prompt: "
+                             f"{settings.max_num_images_per_prompt}", param=n_name)
+        if settings.reshaped and num_images != (settings.static_num_images_per_prompt or 1):
+            raise BadRequest(f"{n_name} doesn't match underlying model shape: the model is reshaped for "
+                             f"{settings.static_num_images_per_prompt or 1} image(s) per prompt", param=n_name)
+    if stream and num_images != 1:
+        raise BadRequest(f"stream: true supports one image per request, got {n_name}={num_images}", param=n_name)
+
+    # Steps.
+    steps = f.get_int("num_inference_steps")
+    if steps is None:
+        steps = settings.default_num_inference_steps
+    elif steps <= 0:
+        raise BadRequest("num_inference_steps must be higher than 0", param="num_inference_steps")
+    elif steps > settings.max_num_inference_steps:
+        raise BadRequest(f"num_inference_steps is greater than max_num_inference_steps: "
+                         f"{settings.max_num_inference_steps}", param="num_inference_steps")
+    elif info.max_steps is not None and steps > info.max_steps:
+        raise BadRequest(f"num_inference_steps is greater than the scheduler's num_train_timesteps: "
+                         f"{info.max_steps}", param="num_inference_steps")
+
+    # Guidance.
+    guidance = f.get_float("guidance_scale")
+    if settings.reshaped:
+        compiled = settings.static_guidance_scale
+        reference = compiled if compiled is not None else rules.defaults.guidance_scale
+        if guidance is not None and not math.isclose(guidance, reference, rel_tol=1e-6, abs_tol=1e-6):
+            raise BadRequest(f"guidance_scale doesn't match underlying model shape: the model is reshaped for "
+                             f"guidance_scale {reference:g}", param="guidance_scale")
+        if guidance is None and compiled is not None:
+            guidance = compiled
+    effective_guidance = guidance if guidance is not None else rules.defaults.guidance_scale
+    for name in NEGATIVE_FIELDS:
+        if f.has(name) and effective_guidance <= 1.0:
+            raise BadRequest(f"{name} has no effect with guidance_scale {effective_guidance:g}; negative prompts "
+                             "need guidance_scale > 1", param=name)
+
+    seed = f.get_int("rng_seed")
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise BadRequest(f"rng_seed must be between 0 and {MAX_SEED}, got {seed}", param="rng_seed")
+
+    strength = f.get_float("strength")
+    if strength is not None:
+        if strength > 1.0:
+            raise BadRequest("strength is greater than maxStrength: 1", param="strength")
+        if strength < 0.0:
+            raise BadRequest("strength is less than minStrength: 0", param="strength")
+        # The scheduler keeps int(steps * strength) steps (in float32, as GenAI computes it); zero fails.
+        if int(np.float32(steps) * np.float32(strength)) < 1:
+            raise BadRequest(f"strength {strength:g} with num_inference_steps {steps} leaves no denoising step "
+                             "(num_inference_steps * strength must be at least 1)", param="strength")
+
+    max_len = f.get_int("max_sequence_length")
+    if max_len is not None and not 1 <= max_len <= MAX_SEQUENCE_LENGTH:
+        raise BadRequest(f"max_sequence_length must be between 1 and {MAX_SEQUENCE_LENGTH}, got {max_len}",
+                         param="max_sequence_length")
+    if max_len is not None and max_len != rules.defaults.max_sequence_length:
+        # OpenVINO GenAI 2026.4 fixes the T5 input length at a pipeline's first generate; another
+        # length fails every later request of that pipeline set.
+        raise BadRequest(f"max_sequence_length must be {rules.defaults.max_sequence_length} for this model "
+                         f"(its T5 text encoder runs at that length), got {max_len}", param="max_sequence_length")
+
+    # Task, input images and output size.
+    task = Task.TEXT2IMAGE
+    image: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    requested = _requested_size(f)
+    if form is not None:
+        images = [*form.files.get("image", ()), *form.files.get("image[]", ())]
+        if not images:
+            raise BadRequest("Missing required field: 'image'", param="image")
+        if len(images) > 1:
+            raise BadRequest(f"exactly one input image is supported (image or image[]), got {len(images)}",
+                             param="image")
+        masks = form.files.get("mask", ())
+        if len(masks) > 1:
+            raise BadRequest(f"exactly one mask is supported, got {len(masks)}", param="mask")
+        task = Task.INPAINTING if masks else Task.IMAGE2IMAGE
+        _check_task(task, rules)
+        single = info.single_image_reason(task)
+        if single is not None and num_images > 1:
+            raise BadRequest(f"{single} supports one image per request, got {n_name}={num_images}", param=n_name)
+        source = decode_image(images[0].data, "image", settings.max_resolution)
+        target = _check_size(requested, _default_edit_size(source.resolution, rules), rules)
+        image = image_tensor_array(resized(source.image, target))
+        if masks:
+            mask_image = decode_image(masks[0].data, "mask", settings.max_resolution, mode="L").image
+            mask_image = resized(mask_image, source.resolution, mask=True)
+            mask = mask_tensor_array(resized(mask_image, target, mask=True))
+    else:
+        _check_task(task, rules)
+        target = _check_size(requested, _default_size(rules), rules)
+
+    lora_alphas = f.values.get("lora_alphas")
+    return ImageRequest(
+        route=route, task=task, prompt=prompt, width=target.width, height=target.height,
+        num_images=num_images, num_inference_steps=steps,
+        texts={name: value for name in TEXT_FIELDS if (value := f.get_str(name)) is not None},
+        guidance_scale=guidance, rng_seed=seed, strength=strength, max_sequence_length=max_len,
+        output_format=output_format, output_compression=compression, stream=stream,
+        partial_images=partial_images, lora_alphas=lora_alphas, image=image, mask=mask,
+    )
+
+
+_TASK_MESSAGES = {
+    Task.TEXT2IMAGE: "text-to-image (images/generations)",
+    Task.IMAGE2IMAGE: "image-to-image (images/edits without a mask)",
+    Task.INPAINTING: "inpainting (images/edits with a mask)",
+}
+
+
+def _check_task(task: Task, rules: RequestRules) -> None:
+    if task in rules.tasks:
+        return
+    param = {Task.INPAINTING: "mask", Task.IMAGE2IMAGE: "image"}.get(task)
+    raise BadRequest(f"{_TASK_MESSAGES[task]} is not supported by this model", param=param)
+
+
+@dataclass(frozen=True)
+class _SizeRequest:
+    """What the request says about the output size; a missing side comes from the default."""
+
+    width: int | None
+    height: int | None
+    param: str  # the field to blame: size, width or height
+
+
+def _requested_size(f: _Fields) -> _SizeRequest:
+    size = f.get_str("size")
+    if size is not None and (f.has("width") or f.has("height")):
+        raise BadRequest("size and width/height are mutually exclusive; set only one", param="size")
+    if size is not None:
+        if size == "auto":
+            return _SizeRequest(None, None, "size")
+        match = _SIZE_RE.match(size)
+        if match is None:
+            raise BadRequest("size field is not in correct format - WxH", param="size")
+        width, height = int(match.group(1)), int(match.group(2))
+        if width <= 0 or height <= 0:
+            raise BadRequest("size field values must be greater than 0", param="size")
+        return _SizeRequest(width, height, "size")
+    given_w, given_h = f.get_int("width"), f.get_int("height")
+    for name, value in (("width", given_w), ("height", given_h)):
+        if value is not None and value <= 0:
+            raise BadRequest(f"{name} must be higher than 0", param=name)
+    return _SizeRequest(given_w, given_h, "width" if given_w is not None else "height")
+
+
+def _default_size(rules: RequestRules) -> Resolution:
+    settings = rules.settings
+    if settings.default_resolution is not None:
+        return settings.default_resolution
+    if settings.static_resolutions:
+        return settings.static_resolutions[0]
+    return rules.defaults.resolution
+
+
+def _default_edit_size(source: Resolution, rules: RequestRules) -> Resolution:
+    """The input image's size rounded down to the size multiple; on a static node the compiled
+    resolution unless the rounded size is one of the static ones."""
+    multiple = rules.info.size_multiple
+    rounded = Resolution(source.width - source.width % multiple, source.height - source.height % multiple)
+    if rounded.width == 0 or rounded.height == 0:
+        raise BadRequest(f"image is {source}; it must be at least {multiple}x{multiple} pixels", param="image")
+    static = rules.settings.static_resolutions
+    if static and rounded not in static:
+        return rules.settings.default_resolution or static[0]
+    return rounded
+
+
+def _check_size(requested: _SizeRequest, default: Resolution, rules: RequestRules) -> Resolution:
+    """The output size: the request's, completed from ``default``, checked against the node."""
+    settings, multiple = rules.settings, rules.info.size_multiple
+    size = Resolution(requested.width if requested.width is not None else default.width,
+                      requested.height if requested.height is not None else default.height)
+    explicit = requested.width is not None or requested.height is not None
+    for side, value in (("width", size.width), ("height", size.height)):
+        if value % multiple:
+            blame = side if requested.param != "size" else "size"
+            raise BadRequest(f"{side} must be divisible by {multiple}, got {value}", param=blame)
+    param = requested.param if explicit else None
+    if settings.static_resolutions:
+        if size not in settings.static_resolutions:
+            listed = " ".join(str(r) for r in settings.static_resolutions)
+            raise BadRequest(f"requested resolution {size} is not supported by static reshape settings "
+                             f"({listed})", param=param)
+    elif not size.fits_in(settings.max_resolution):
+        raise BadRequest(f"requested resolution {size} exceeds max_resolution {settings.max_resolution}",
+                         param=param)
+    return size

@@ -1,0 +1,135 @@
+"""Real servers on 127.0.0.1 serving the tiny models, started once per session and shared.
+
+Each graph of :data:`GRAPHS` is served by its own server, started (and its pipelines loaded) the
+first time a test asks for it; the server runs ovms_graph.server.create_app on its own event loop
+in a background thread, so tests talk to it with ordinary HTTP clients (requests, openai).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from aiohttp import web
+
+from calculators.image_gen.pipelines import ImageGenResources
+from ovms_graph.cli import ServerOptions
+from ovms_graph.config import load_config
+from ovms_graph.server import SERVING, create_app
+from ovms_graph.serving import State
+from tests.calculators.image_gen.helpers import F32, TINY, graph_text, registry, wait_for_tiny_models
+
+#: Served graphs by name: the model folder under models/tiny and the node options besides models_path.
+GRAPHS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "sd15": ("sd15", (f"plugin_config: '{F32}'", "default_num_inference_steps: 2",
+                      "max_num_inference_steps: 1000000", 'max_resolution: "256x256"')),
+    "sd15-x2": ("sd15", ("plugin_config: '{\"INFERENCE_PRECISION_HINT\": \"f32\", \"NUM_STREAMS\": 2}'",
+                         "default_num_inference_steps: 2", "max_num_inference_steps: 1000000")),
+    "sd15-default": ("sd15", (f"plugin_config: '{F32}'", 'default_resolution: "32x48"',
+                              "default_num_inference_steps: 1")),
+    "sd15-static": ("sd15", (f"plugin_config: '{F32}'", 'resolution: "32x32"', "num_images_per_prompt: 2",
+                             "guidance_scale: 3.0", "default_num_inference_steps: 2")),
+    "sd15-inpaint": ("sd15-inpaint", (f"plugin_config: '{F32}'", "default_num_inference_steps: 2")),
+    # Default precision (bf16 where the CPU has it) with a DYNAMIC LoRA on derived pipelines.
+    "sd15-lora": ("sd15", ("default_num_inference_steps: 2",
+                           f'lora_adapters {{ alias: "style" path: "{TINY / "loras" / "lora_a.safetensors"}" }}')),
+    "sdxl": ("sdxl", (f"plugin_config: '{F32}'", "default_num_inference_steps: 2")),
+    "flux": ("flux", (f"plugin_config: '{F32}'", "default_num_inference_steps: 2")),
+}
+
+
+@dataclass
+class LiveServer:
+    """One running server: its base URL and a view of its loaded graphs."""
+
+    url: str
+    app: web.Application
+    loop: asyncio.AbstractEventLoop
+    runner: web.AppRunner
+    thread: threading.Thread
+
+    def resources(self, graph: str) -> ImageGenResources:
+        (value,) = self.app[SERVING].slots[graph].graph.resources.values()
+        assert isinstance(value, ImageGenResources)
+        return value
+
+    def post(self, route: str, **kwargs: Any) -> requests.Response:
+        return requests.post(f"{self.url}/v3/{route}", timeout=120, **kwargs)
+
+    def generate(self, body: dict[str, Any]) -> requests.Response:
+        return self.post("images/generations", json=body)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=60)
+
+
+def start_server(root: Path, name: str, text: str) -> LiveServer:
+    """Serve graph ``name`` (graph.pbtxt ``text``) on a free port; returns once it is ready."""
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "graph.pbtxt").write_text(text)
+    config = root / f"{name}.json"
+    config.write_text(json.dumps({"model_config_list": [{"config": {"name": name, "base_path": name}}]}))
+    app = create_app(load_config(config), ServerOptions(rest_port=0), registry=registry())
+    loop = asyncio.new_event_loop()
+    started: Future[web.AppRunner] = Future()
+
+    async def start() -> None:
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        state = await app[SERVING].wait_loaded()
+        if state is not State.READY:
+            raise RuntimeError(f"graph {name} did not load: {app[SERVING].error}")
+        started.set_result(runner)
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        task = loop.create_task(start())
+        task.add_done_callback(lambda t: started.set_exception(t.exception()) if t.exception() else None)
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name=f"server-{name}", daemon=True)
+    thread.start()
+    runner = started.result(timeout=600)
+    host, port = runner.addresses[0][:2]
+    return LiveServer(f"http://{host}:{port}", app, loop, runner, thread)
+
+
+class Servers:
+    """Lazily started servers, one per graph of GRAPHS."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._servers: dict[str, LiveServer] = {}
+        self._lock = threading.Lock()
+
+    def __getitem__(self, name: str) -> LiveServer:
+        with self._lock:
+            if name not in self._servers:
+                model, options = GRAPHS[name]
+                wait_for_tiny_models((model,))
+                text = graph_text(f'models_path: "{TINY / model}"', *options)
+                self._servers[name] = start_server(self.root, name, text)
+            return self._servers[name]
+
+    def close(self) -> None:
+        for server in self._servers.values():
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    pool = Servers(tmp_path_factory.mktemp("servers"))
+    yield pool
+    pool.close()

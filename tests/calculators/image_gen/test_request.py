@@ -1,0 +1,420 @@
+"""Request parsing and validation (SPEC §5, §9): every rule with the exact message the client reads."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from calculators.image_gen.options import NodeSettings, Resolution
+from calculators.image_gen.pipelines import Family, ModelDefaults, ModelInfo, Task
+from calculators.image_gen.request import EDITS, GENERATIONS, ImageRequest, RequestRules, parse_request
+from ovms_graph.errors import BadRequest
+from ovms_graph.packets import HttpPayload, MultipartView, UploadedFile
+from tests.calculators.image_gen.helpers import png_bytes
+
+SETTINGS = NodeSettings(models_path=Path("."), max_resolution=Resolution(512, 512), max_num_images_per_prompt=4,
+                        default_num_inference_steps=20, max_num_inference_steps=50)
+SD = ModelInfo("StableDiffusionPipeline", Family.SD, False, 4, 8)
+SD_INPAINT = ModelInfo("StableDiffusionInpaintPipeline", Family.SD, True, 9, 8)
+SDXL = ModelInfo("StableDiffusionXLPipeline", Family.SDXL, False, 4, 8)
+SD3 = ModelInfo("StableDiffusion3Pipeline", Family.SD3, False, 16, 16)
+FLUX = ModelInfo("FluxPipeline", Family.FLUX, False, 64, 16)
+DEFAULTS = ModelDefaults(Resolution(64, 64), 7.5)
+ALL_TASKS = frozenset(Task)
+RULES = RequestRules(SETTINGS, SD, DEFAULTS, ALL_TASKS)
+STATIC = replace(RULES, settings=replace(SETTINGS, static_resolutions=(Resolution(64, 64),),
+                                         static_num_images_per_prompt=2, static_guidance_scale=5.0,
+                                         max_num_images_per_prompt=2))
+MULTI_STATIC = replace(RULES, settings=replace(SETTINGS, static_resolutions=(Resolution(64, 64), Resolution(128, 64))))
+
+
+def generation(body: Any, rules: RequestRules = RULES) -> ImageRequest:
+    payload = HttpPayload(uri="/v3/images/generations", method="POST", headers={}, body=b"",
+                          route=GENERATIONS, model="sd", parsed_json=body)
+    return parse_request(payload, rules)
+
+
+def edit(fields: dict[str, str | list[str]], files: dict[str, list[bytes]] | None = None,
+         rules: RequestRules = RULES) -> ImageRequest:
+    form = MultipartView(
+        fields={k: tuple(v) if isinstance(v, list) else (v,) for k, v in fields.items()},
+        files={k: tuple(UploadedFile(k, f"{k}.png", "image/png", data) for data in v)
+               for k, v in (files if files is not None else {"image": [png_bytes(64, 64)]}).items()})
+    payload = HttpPayload(uri="/v3/images/edits", method="POST", headers={}, body=b"", route=EDITS, model="sd",
+                          multipart=form)
+    return parse_request(payload, rules)
+
+
+def error(call: Any) -> tuple[str, str | None]:
+    with pytest.raises(BadRequest) as info:
+        call()
+    return info.value.message, info.value.param
+
+
+P = {"prompt": "a cat"}
+
+GENERATION_ERRORS: list[tuple[str, Any, RequestRules, str, str | None]] = [
+    ("body not an object", ["a cat"], RULES, "JSON body must be an object", None),
+    ("unknown field", {**P, "quality": "hd"}, RULES, "Unhandled parameter: quality", "quality"),
+    ("prompt missing", {"n": 1}, RULES, "prompt field is missing in JSON body", "prompt"),
+    ("prompt not a string", {"prompt": 5}, RULES, "prompt must be a string, got 5", "prompt"),
+    ("prompt null", {"prompt": None}, RULES, "prompt must be a string, got null", "prompt"),
+    ("n float", {**P, "n": 2.0}, RULES, "n must be an integer, got 2.0", "n"),
+    ("n string", {**P, "n": "2"}, RULES, 'n must be an integer, got "2"', "n"),
+    ("n boolean", {**P, "n": True}, RULES, "n must be an integer, got true", "n"),
+    ("n zero", {**P, "n": 0}, RULES, "n must be higher than 0", "n"),
+    ("n above max", {**P, "n": 5}, RULES, "n is greater than max_num_images_per_prompt: 4", "n"),
+    ("num_images_per_prompt above max", {**P, "num_images_per_prompt": 9}, RULES,
+     "num_images_per_prompt is greater than max_num_images_per_prompt: 4", "num_images_per_prompt"),
+    ("n with num_images_per_prompt", {**P, "n": 1, "num_images_per_prompt": 1}, RULES,
+     "n and num_images_per_prompt are mutually exclusive; set only one", "n"),
+    ("steps zero", {**P, "num_inference_steps": 0}, RULES, "num_inference_steps must be higher than 0",
+     "num_inference_steps"),
+    ("steps negative", {**P, "num_inference_steps": -3}, RULES, "num_inference_steps must be higher than 0",
+     "num_inference_steps"),
+    ("steps above max", {**P, "num_inference_steps": 51}, RULES,
+     "num_inference_steps is greater than max_num_inference_steps: 50", "num_inference_steps"),
+    ("steps beyond the scheduler's training steps", {**P, "num_inference_steps": 1001},
+     replace(RULES, info=replace(SD, max_steps=1000), settings=replace(SETTINGS, max_num_inference_steps=5000)),
+     "num_inference_steps is greater than the scheduler's num_train_timesteps: 1000", "num_inference_steps"),
+    ("steps float", {**P, "num_inference_steps": 2.5}, RULES, "num_inference_steps must be an integer, got 2.5",
+     "num_inference_steps"),
+    ("guidance string", {**P, "guidance_scale": "7"}, RULES, 'guidance_scale must be a number, got "7"',
+     "guidance_scale"),
+    ("guidance boolean", {**P, "guidance_scale": False}, RULES, "guidance_scale must be a number, got false",
+     "guidance_scale"),
+    ("guidance NaN", {**P, "guidance_scale": float("nan")}, RULES, "guidance_scale must be a finite number, got NaN",
+     "guidance_scale"),
+    ("guidance infinite", {**P, "guidance_scale": float("inf")}, RULES,
+     "guidance_scale must be a finite number, got Infinity", "guidance_scale"),
+    ("seed negative", {**P, "rng_seed": -1}, RULES, "rng_seed must be between 0 and 9223372036854775807, got -1",
+     "rng_seed"),
+    ("seed too big", {**P, "rng_seed": 2**63}, RULES,
+     "rng_seed must be between 0 and 9223372036854775807, got 9223372036854775808", "rng_seed"),
+    ("seed float", {**P, "rng_seed": 1.0}, RULES, "rng_seed must be an integer, got 1.0", "rng_seed"),
+    ("size malformed", {**P, "size": "64"}, RULES, "size field is not in correct format - WxH", "size"),
+    ("size not a string", {**P, "size": 64}, RULES, "size must be a string, got 64", "size"),
+    ("size zero", {**P, "size": "0x64"}, RULES, "size field values must be greater than 0", "size"),
+    ("size with width", {**P, "size": "64x64", "width": 64}, RULES,
+     "size and width/height are mutually exclusive; set only one", "size"),
+    ("auto size with height", {**P, "size": "auto", "height": 64}, RULES,
+     "size and width/height are mutually exclusive; set only one", "size"),
+    ("width zero", {**P, "width": 0, "height": 64}, RULES, "width must be higher than 0", "width"),
+    ("height negative", {**P, "height": -8}, RULES, "height must be higher than 0", "height"),
+    ("width not a multiple of 8", {**P, "width": 100, "height": 64}, RULES, "width must be divisible by 8, got 100",
+     "width"),
+    ("size not a multiple of 8", {**P, "size": "64x100"}, RULES, "height must be divisible by 8, got 100", "size"),
+    ("size beyond max", {**P, "size": "1024x512"}, RULES,
+     "requested resolution 1024x512 exceeds max_resolution 512x512", "size"),
+    ("height beyond max", {**P, "height": 520}, RULES, "requested resolution 64x520 exceeds max_resolution 512x512",
+     "height"),
+    ("FLUX needs multiples of 16", {**P, "size": "72x64"}, replace(RULES, info=FLUX),
+     "width must be divisible by 16, got 72", "size"),
+    ("strength on generations", {**P, "strength": 0.5}, RULES, "strength is only supported by images/edits",
+     "strength"),
+    ("prompt_2 on SD", {**P, "prompt_2": "x"}, RULES,
+     "prompt_2 is not supported by SD (StableDiffusionPipeline) models; they take prompt, negative_prompt",
+     "prompt_2"),
+    ("prompt_3 on SDXL", {**P, "prompt_3": "x"}, replace(RULES, info=SDXL),
+     "prompt_3 is not supported by SDXL (StableDiffusionXLPipeline) models; they take prompt, negative_prompt, "
+     "negative_prompt_2, prompt_2", "prompt_3"),
+    ("negative_prompt on FLUX", {**P, "negative_prompt": "x"}, replace(RULES, info=FLUX),
+     "negative_prompt is not supported by FLUX (FluxPipeline) models; they take prompt, prompt_2",
+     "negative_prompt"),
+    ("negative_prompt on LCM", {**P, "negative_prompt": "x"},
+     replace(RULES, info=ModelInfo("LatentConsistencyModelPipeline", Family.SD, False, 4, 8)),
+     "negative_prompt is not supported by SD (LatentConsistencyModelPipeline) models; they take prompt",
+     "negative_prompt"),
+    ("max_sequence_length on SD", {**P, "max_sequence_length": 77}, RULES,
+     "max_sequence_length is not supported by SD (StableDiffusionPipeline) models (only models with a T5 text "
+     "encoder, SD3 and FLUX, use it)", "max_sequence_length"),
+    ("max_sequence_length too long", {**P, "max_sequence_length": 513}, replace(RULES, info=FLUX),
+     "max_sequence_length must be between 1 and 512, got 513", "max_sequence_length"),
+    ("max_sequence_length other than the model's", {**P, "max_sequence_length": 256}, replace(RULES, info=FLUX),
+     "max_sequence_length must be 512 for this model (its T5 text encoder runs at that length), got 256",
+     "max_sequence_length"),
+    ("negative prompt without guidance", {**P, "negative_prompt": "x", "guidance_scale": 1.0}, RULES,
+     "negative_prompt has no effect with guidance_scale 1; negative prompts need guidance_scale > 1",
+     "negative_prompt"),
+    ("negative_prompt_2 with default guidance of 1", {**P, "negative_prompt_2": "x"},
+     replace(RULES, info=SD3, defaults=ModelDefaults(Resolution(64, 64), 1.0)),
+     "negative_prompt_2 has no effect with guidance_scale 1; negative prompts need guidance_scale > 1",
+     "negative_prompt_2"),
+    ("text field not a string", {**P, "negative_prompt": ["x"]}, RULES, 'negative_prompt must be a string, got ["x"]',
+     "negative_prompt"),
+    ("response_format url", {**P, "response_format": "url"}, RULES,
+     "Unsupported response_format: url. Only b64_json is supported.", "response_format"),
+    ("output_format gif", {**P, "output_format": "gif"}, RULES,
+     'output_format must be one of png, jpeg, webp, got "gif"', "output_format"),
+    ("output_compression above 100", {**P, "output_format": "jpeg", "output_compression": 101}, RULES,
+     "output_compression must be between 0 and 100, got 101", "output_compression"),
+    ("output_compression with png", {**P, "output_compression": 50}, RULES,
+     "output_compression applies only to output_format jpeg or webp", "output_compression"),
+    ("stream not a boolean", {**P, "stream": "true"}, RULES, 'stream must be a boolean, got "true"', "stream"),
+    ("partial_images without stream", {**P, "partial_images": 2}, RULES, "partial_images requires stream: true",
+     "partial_images"),
+    ("partial_images above 3", {**P, "stream": True, "partial_images": 4}, RULES,
+     "partial_images must be between 0 and 3, got 4", "partial_images"),
+    ("streaming several images", {**P, "stream": True, "n": 2}, RULES,
+     "stream: true supports one image per request, got n=2", "n"),
+    ("model not a string", {**P, "model": 3}, RULES, "model must be a string, got 3", "model"),
+    ("static: other size", {**P, "size": "128x128"}, STATIC,
+     "requested resolution 128x128 is not supported by static reshape settings (64x64)", "size"),
+    ("static: other n", {**P, "n": 1}, STATIC,
+     "n doesn't match underlying model shape: the model is reshaped for 2 image(s) per prompt", "n"),
+    ("static: n above the compiled batch", {**P, "n": 3}, STATIC, "n is greater than max_num_images_per_prompt: 2",
+     "n"),
+    ("static: other guidance", {**P, "guidance_scale": 7.5}, STATIC,
+     "guidance_scale doesn't match underlying model shape: the model is reshaped for guidance_scale 5",
+     "guidance_scale"),
+    ("several static: unlisted size", {**P, "size": "64x128"}, MULTI_STATIC,
+     "requested resolution 64x128 is not supported by static reshape settings (64x64 128x64)", "size"),
+    ("text-to-image unavailable", P, replace(RULES, tasks=frozenset({Task.INPAINTING})),
+     "text-to-image (images/generations) is not supported by this model", None),
+]
+
+
+@pytest.mark.parametrize(("body", "rules", "message", "param"), [c[1:] for c in GENERATION_ERRORS],
+                         ids=[c[0] for c in GENERATION_ERRORS])
+def test_generation_errors(body: Any, rules: RequestRules, message: str, param: str | None) -> None:
+    assert error(lambda: generation(body, rules)) == (message, param)
+
+
+GENERATION_OK: list[tuple[str, Any, RequestRules, dict[str, Any]]] = [
+    ("defaults", P, RULES, {"width": 64, "height": 64, "num_images_per_prompt": 1, "num_inference_steps": 20}),
+    ("size", {**P, "size": "128x64"}, RULES,
+     {"width": 128, "height": 64, "num_images_per_prompt": 1, "num_inference_steps": 20}),
+    ("auto size", {**P, "size": "auto"}, RULES,
+     {"width": 64, "height": 64, "num_images_per_prompt": 1, "num_inference_steps": 20}),
+    ("width only keeps the default height", {**P, "width": 128}, RULES,
+     {"width": 128, "height": 64, "num_images_per_prompt": 1, "num_inference_steps": 20}),
+    ("default_resolution", P, replace(RULES, settings=replace(SETTINGS, default_resolution=Resolution(96, 32))),
+     {"width": 96, "height": 32, "num_images_per_prompt": 1, "num_inference_steps": 20}),
+    ("everything", {**P, "model": "sd", "n": 2, "num_inference_steps": 3, "guidance_scale": 3, "rng_seed": 7,
+                    "negative_prompt": "dog", "response_format": "b64_json", "width": 32, "height": 48,
+                    "output_format": "webp", "output_compression": 80},
+     RULES, {"width": 32, "height": 48, "num_images_per_prompt": 2, "num_inference_steps": 3,
+             "guidance_scale": 3.0, "rng_seed": 7, "negative_prompt": "dog"}),
+    ("num_images_per_prompt", {**P, "num_images_per_prompt": 4}, RULES,
+     {"width": 64, "height": 64, "num_images_per_prompt": 4, "num_inference_steps": 20}),
+    ("nulls mean not given", {**P, "n": None, "size": None, "negative_prompt": None}, RULES,
+     {"width": 64, "height": 64, "num_images_per_prompt": 1, "num_inference_steps": 20}),
+    ("SD3 fields", {**P, "prompt_2": "b", "prompt_3": "c", "negative_prompt_3": "d", "max_sequence_length": 512},
+     replace(RULES, info=SD3), {"width": 64, "height": 64, "num_images_per_prompt": 1, "num_inference_steps": 20,
+                                "prompt_2": "b", "prompt_3": "c", "negative_prompt_3": "d",
+                                "max_sequence_length": 512}),
+    ("static uses the compiled batch and guidance", P, STATIC,
+     {"width": 64, "height": 64, "num_images_per_prompt": 2, "num_inference_steps": 20, "guidance_scale": 5.0}),
+    ("several static: first is the default", P, MULTI_STATIC,
+     {"width": 64, "height": 64, "num_images_per_prompt": 1, "num_inference_steps": 20}),
+    ("several static: a listed size", {**P, "size": "128x64"}, MULTI_STATIC,
+     {"width": 128, "height": 64, "num_images_per_prompt": 1, "num_inference_steps": 20}),
+    ("largest seed", {**P, "rng_seed": 2**63 - 1}, RULES,
+     {"width": 64, "height": 64, "num_images_per_prompt": 1, "num_inference_steps": 20, "rng_seed": 2**63 - 1}),
+]
+
+
+@pytest.mark.parametrize(("body", "rules", "kwargs"), [c[1:] for c in GENERATION_OK], ids=[c[0] for c in GENERATION_OK])
+def test_generation_kwargs(body: Any, rules: RequestRules, kwargs: dict[str, Any]) -> None:
+    request = generation(body, rules)
+    assert request.task is Task.TEXT2IMAGE
+    assert request.generate_kwargs() == kwargs
+
+
+def test_response_and_stream_fields() -> None:
+    request = generation({**P, "stream": True, "partial_images": 3, "output_format": "jpeg", "output_compression": 0,
+                          "lora_alphas": {"a": 0.5}})
+    assert (request.stream, request.partial_images, request.output_format, request.output_compression,
+            request.lora_alphas) == (True, 3, "jpeg", 0, {"a": 0.5})
+
+
+# ----- edits (multipart: every value is text) -----
+EDIT_ERRORS: list[tuple[str, dict[str, Any], dict[str, list[bytes]] | None, RequestRules, str, str | None]] = [
+    ("prompt missing", {}, None, RULES, "Missing required field: 'prompt'", "prompt"),
+    ("image missing", P, {}, RULES, "Missing required field: 'image'", "image"),
+    ("two images", P, {"image": [png_bytes(64, 64)], "image[]": [png_bytes(64, 64)]}, RULES,
+     "exactly one input image is supported (image or image[]), got 2", "image"),
+    ("two image[]", P, {"image[]": [png_bytes(64, 64), png_bytes(64, 64)]}, RULES,
+     "exactly one input image is supported (image or image[]), got 2", "image"),
+    ("two masks", P, {"image": [png_bytes(64, 64)], "mask": [png_bytes(64, 64)] * 2}, RULES,
+     "exactly one mask is supported, got 2", "mask"),
+    ("image as text", {**P, "image": "abc"}, {}, RULES, "image must be a file upload, not a text field", "image"),
+    ("prompt as a file", {}, {"image": [png_bytes(64, 64)], "prompt": [b"x"]}, RULES,
+     "prompt must be a text field, not a file upload", "prompt"),
+    ("unknown field", {**P, "background": "transparent"}, None, RULES, "Unhandled parameter: background",
+     "background"),
+    ("unknown file", P, {"image": [png_bytes(64, 64)], "reference": [b"x"]}, RULES, "Unhandled parameter: reference",
+     "reference"),
+    ("field twice", {**P, "n": ["1", "2"]}, None, RULES, "n is given 2 times; give it once", "n"),
+    ("n as float text", {**P, "n": "2.0"}, None, RULES, 'n must be an integer, got "2.0"', "n"),
+    ("n as word", {**P, "n": "two"}, None, RULES, 'n must be an integer, got "two"', "n"),
+    ("strength as word", {**P, "strength": "half"}, None, RULES, 'strength must be a number, got "half"', "strength"),
+    ("strength nan text", {**P, "strength": "nan"}, None, RULES, 'strength must be a number, got "nan"', "strength"),
+    ("strength inf text", {**P, "strength": "inf"}, None, RULES, 'strength must be a number, got "inf"', "strength"),
+    ("strength above 1", {**P, "strength": "1.5"}, None, RULES, "strength is greater than maxStrength: 1", "strength"),
+    ("strength below 0", {**P, "strength": "-0.1"}, None, RULES, "strength is less than minStrength: 0", "strength"),
+    ("strength leaves no step", {**P, "strength": "0.04"}, None, RULES,
+     "strength 0.04 with num_inference_steps 20 leaves no denoising step (num_inference_steps * strength must be "
+     "at least 1)", "strength"),
+    ("strength zero", {**P, "strength": "0", "num_inference_steps": "4"}, None, RULES,
+     "strength 0 with num_inference_steps 4 leaves no denoising step (num_inference_steps * strength must be "
+     "at least 1)", "strength"),
+    ("stream as word", {**P, "stream": "yes"}, None, RULES, 'stream must be a boolean, got "yes"', "stream"),
+    ("lora_alphas not JSON", {**P, "lora_alphas": "{a: 1}"}, None, RULES,
+     'lora_alphas must be a JSON object, got "{a: 1}"', "lora_alphas"),
+    ("lora_alphas with NaN", {**P, "lora_alphas": '{"a": NaN}'}, None, RULES,
+     'lora_alphas must be a JSON object, got "{\\"a\\": NaN}"', "lora_alphas"),
+    ("not an image", P, {"image": [b"%PDF-1.4 hello"]}, RULES,
+     "Image parsing failed: image is not an image Pillow can read (PNG, JPEG, WEBP, ...)", "image"),
+    ("corrupt image", P, {"image": [b"\x89PNG\r\n\x1a\n garbage"]}, RULES,
+     "Image parsing failed: image is truncated or corrupt (Truncated File Read)", "image"),
+    ("truncated image", P, {"image": [png_bytes(64, 64)[:60]]}, RULES,
+     "Image parsing failed: image is truncated or corrupt (image file is truncated)", "image"),
+    ("empty image", P, {"image": [b""]}, RULES, "image is empty", "image"),
+    ("corrupt mask", P, {"image": [png_bytes(64, 64)], "mask": [b"GIF89a"]}, RULES,
+     "Image parsing failed: mask is not an image Pillow can read (PNG, JPEG, WEBP, ...)", "mask"),
+    ("image beyond max_resolution", P, {"image": [png_bytes(520, 64)]}, RULES,
+     "image is 520x64, which exceeds max_resolution 512x512", "image"),
+    ("mask beyond max_resolution", P, {"image": [png_bytes(64, 64)], "mask": [png_bytes(64, 600)]}, RULES,
+     "mask is 64x600, which exceeds max_resolution 512x512", "mask"),
+    ("image smaller than 8 pixels", P, {"image": [png_bytes(5, 64)]}, RULES,
+     "image is 5x64; it must be at least 8x8 pixels", "image"),
+    ("requested size beyond max_resolution", {**P, "size": "1024x64"}, None, RULES,
+     "requested resolution 1024x64 exceeds max_resolution 512x512", "size"),
+    ("inpainting with n > 1 on a 4-channel SD", {**P, "n": "2"},
+     {"image": [png_bytes(64, 64)], "mask": [png_bytes(64, 64)]}, RULES,
+     "inpainting with this SD model (4-channel UNet) supports one image per request, got n=2", "n"),
+    ("inpainting with n > 1 on a 4-channel SDXL", {**P, "n": "2"},
+     {"image": [png_bytes(64, 64)], "mask": [png_bytes(64, 64)]}, replace(RULES, info=SDXL),
+     "inpainting with this SDXL model (4-channel UNet) supports one image per request, got n=2", "n"),
+    ("FLUX image-to-image with n > 1", {**P, "num_images_per_prompt": "2"}, {"image": [png_bytes(64, 64)]},
+     replace(RULES, info=FLUX),
+     "image-to-image with FLUX models supports one image per request, got num_images_per_prompt=2",
+     "num_images_per_prompt"),
+    ("FLUX inpainting with n > 1", {**P, "n": "3"}, {"image": [png_bytes(64, 64)], "mask": [png_bytes(64, 64)]},
+     replace(RULES, info=FLUX), "inpainting with FLUX models supports one image per request, got n=3", "n"),
+    ("inpainting unavailable", P, {"image": [png_bytes(64, 64)], "mask": [png_bytes(64, 64)]},
+     replace(RULES, tasks=frozenset({Task.TEXT2IMAGE, Task.IMAGE2IMAGE})),
+     "inpainting (images/edits with a mask) is not supported by this model", "mask"),
+    ("image-to-image unavailable", P, None, replace(RULES, tasks=frozenset({Task.INPAINTING})),
+     "image-to-image (images/edits without a mask) is not supported by this model", "image"),
+]
+
+
+@pytest.mark.parametrize(("fields", "files", "rules", "message", "param"), [c[1:] for c in EDIT_ERRORS],
+                         ids=[c[0] for c in EDIT_ERRORS])
+def test_edit_errors(fields: dict[str, Any], files: dict[str, list[bytes]] | None, rules: RequestRules,
+                     message: str, param: str | None) -> None:
+    assert error(lambda: edit(fields, files, rules)) == (message, param)
+
+
+def big_png(width: int, height: int) -> bytes:
+    """A bilevel PNG: tiny on the wire, huge once decoded."""
+    buffer = io.BytesIO()
+    Image.new("1", (width, height)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_decompression_bomb_is_refused() -> None:
+    data = big_png(20000, 20000)  # 400 Mpixels, over Pillow's bomb limit
+    assert len(data) < 2_000_000
+    big_rules = replace(RULES, settings=replace(SETTINGS, max_resolution=Resolution(40000, 40000)))
+    assert error(lambda: edit(P, {"image": [data]}, big_rules)) == (
+        "Image parsing failed: image is too large to decode safely (decompression bomb)", "image")
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_pillow_bomb_limit_applies_below_max_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 - 1)
+    assert error(lambda: edit(P)) == (
+        "Image parsing failed: image is too large to decode safely (decompression bomb)", "image")
+
+
+def test_huge_image_is_refused_from_its_header() -> None:
+    big_rules = replace(RULES, settings=replace(SETTINGS, max_resolution=Resolution(4096, 4096)))
+    assert error(lambda: edit(P, {"image": [big_png(6000, 4000)]}, big_rules)) == (
+        "image is 6000x4000, which exceeds max_resolution 4096x4096", "image")
+
+
+EDIT_SIZES = [
+    ("the input size", P, (64, 48), (64, 48)),
+    ("rounded down to a multiple of 8", P, (100, 61), (96, 56)),
+    ("an explicit size", {**P, "size": "32x32"}, (100, 61), (32, 32)),
+    ("explicit width and height", {**P, "width": "16", "height": "24"}, (64, 64), (16, 24)),
+]
+
+
+@pytest.mark.parametrize(("fields", "source", "expected"), [c[1:] for c in EDIT_SIZES], ids=[c[0] for c in EDIT_SIZES])
+def test_edit_output_size(fields: dict[str, Any], source: tuple[int, int], expected: tuple[int, int]) -> None:
+    request = edit(fields, {"image": [png_bytes(*source)]})
+    assert request.task is Task.IMAGE2IMAGE
+    assert (request.width, request.height) == expected
+    assert request.image is not None and request.image.shape == (1, expected[1], expected[0], 3)
+
+
+def test_static_edit_uses_the_compiled_size() -> None:
+    request = edit({**P, "n": "2"}, {"image": [png_bytes(100, 100)]}, rules=STATIC)
+    assert (request.width, request.height, request.num_images, request.guidance_scale) == (64, 64, 2, 5.0)
+
+
+def test_edit_fields_are_parsed_from_text() -> None:
+    request = edit({**P, "n": "2", "strength": "0.25", "guidance_scale": "3e0", "rng_seed": "42",
+                    "num_inference_steps": " 4 ", "stream": "false", "lora_alphas": '{"a": -0.5}',
+                    "output_format": "jpeg", "output_compression": "70", "negative_prompt": "blur"})
+    assert request.generate_kwargs() == {
+        "width": 64, "height": 64, "num_images_per_prompt": 2, "num_inference_steps": 4, "guidance_scale": 3.0,
+        "rng_seed": 42, "strength": 0.25, "negative_prompt": "blur"}
+    assert (request.stream, request.lora_alphas, request.output_compression) == (False, {"a": -0.5}, 70)
+
+
+def test_mask_switches_to_inpainting_and_is_resized_to_the_image() -> None:
+    mask = Image.new("L", (32, 32), 0)
+    mask.paste(255, (0, 0, 16, 32))  # left half white
+    buffer = io.BytesIO()
+    mask.save(buffer, "PNG")
+    request = edit(P, {"image": [png_bytes(64, 48)], "mask": [buffer.getvalue()]}, replace(RULES, info=SD_INPAINT))
+    assert request.task is Task.INPAINTING
+    assert request.mask is not None and request.mask.shape == (1, 48, 64, 3)
+    assert request.mask.dtype == np.uint8
+    assert (request.mask[0, :, :32] == 255).all() and (request.mask[0, :, 32:] == 0).all()
+
+
+def test_inpainting_variant_allows_several_images() -> None:
+    request = edit({**P, "n": "2"}, {"image": [png_bytes(64, 64)], "mask": [png_bytes(64, 64)]},
+                   replace(RULES, info=SD_INPAINT))
+    assert request.num_images == 2
+
+
+def test_image_is_converted_to_rgb_pixels() -> None:
+    rgba = io.BytesIO()
+    Image.new("RGBA", (16, 8), (10, 20, 30, 0)).save(rgba, "PNG")
+    request = edit(P, {"image": [rgba.getvalue()]})
+    assert request.image is not None
+    assert request.image.shape == (1, 8, 16, 3)
+    assert request.image[0, 0, 0].tolist() == [10, 20, 30]
+
+
+def test_edits_need_multipart_and_generations_json() -> None:
+    payload = HttpPayload(uri="/v3/images/edits", method="POST", headers={}, body=b"{}", route=EDITS, model="sd",
+                          parsed_json={"prompt": "x"})
+    assert error(lambda: parse_request(payload, RULES)) == (
+        "images/edits expects a multipart/form-data body with the image file", None)
+    payload = HttpPayload(uri="/v3/images/generations", method="POST", headers={}, body=b"", route=GENERATIONS,
+                          model="sd", multipart=MultipartView())
+    assert error(lambda: parse_request(payload, RULES)) == (
+        "images/generations expects a JSON body (Content-Type: application/json)", None)
+
+
+def test_raw_json_body_is_parsed_when_the_front_end_did_not() -> None:
+    payload = HttpPayload(uri="/v3/images/generations", method="POST", headers={},
+                          body=json.dumps({"prompt": "x", "n": 2}).encode(), route=GENERATIONS, model="sd")
+    assert parse_request(payload, RULES).num_images == 2
+    bad = replace(payload, body=b"{")
+    assert error(lambda: parse_request(bad, RULES)) == ("Failed to parse JSON", None)
