@@ -93,6 +93,19 @@ def _size_issues(settings: NodeSettings, info: ModelInfo) -> list[NodeIssue]:
     return issues
 
 
+def _device_issues(settings: NodeSettings) -> list[NodeIssue]:
+    """Devices OpenVINO does not have on this machine (virtual devices such as AUTO pass through)."""
+    import openvino
+
+    available = openvino.Core().available_devices
+    families = {name.split(".")[0] for name in available}
+    missing = [d for d in dict.fromkeys(settings.devices)
+               if ":" not in d and d.split(".")[0] not in {"AUTO", "MULTI", "HETERO", "BATCH"}
+               and d not in available and d not in families]
+    return [NodeIssue(f'device "{d}" is not available on this machine (available: {", ".join(available)})',
+                      field="node_options.device") for d in missing]
+
+
 class ImageGenCalculator(Calculator):
     """OpenAI images API (generations, edits) on OpenVINO GenAI image generation pipelines."""
 
@@ -144,6 +157,11 @@ class ImageGenCalculator(Calculator):
             info = read_model_info(settings.models_path)
         except ValueError as exc:
             raise ConfigError(Problem(str(exc), field="node_options.models_path")) from exc
+        # Checked here rather than in check_options: `validate` may run on a machine without the
+        # accelerator the graph is written for; loading may not.
+        missing = _device_issues(settings)
+        if missing:
+            raise ConfigError([Problem(i.message, field=i.field) for i in missing])
         lora = LoraPlan.from_options(typed, ctx)
         try:
             resources = build_resources(node.name or node.label, settings, info, lora)

@@ -174,6 +174,8 @@ class ModelDefaults:
     guidance_scale: float
     #: The T5 sequence length; OpenVINO GenAI 2026.4 fixes it at a pipeline's first generate.
     max_sequence_length: int = 512
+    #: How much of an edit's input image is noised when the request gives no strength.
+    strength: float = 0.8
 
 
 @dataclass
@@ -354,7 +356,7 @@ def model_defaults(pipes: PipelineSet) -> ModelDefaults:
         if pipe is not None:
             config = pipe.get_generation_config()
             return ModelDefaults(Resolution(int(config.width), int(config.height)), float(config.guidance_scale),
-                                 int(config.max_sequence_length))
+                                 int(config.max_sequence_length), float(config.strength))
     raise ValueError("no pipeline was built")
 
 

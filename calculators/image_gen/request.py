@@ -425,10 +425,17 @@ def _build(f: _Fields, rules: RequestRules, *, route: str, form: MultipartView |
             raise BadRequest("strength is greater than maxStrength: 1", param="strength")
         if strength < 0.0:
             raise BadRequest("strength is less than minStrength: 0", param="strength")
-        # The scheduler keeps int(steps * strength) steps (in float32, as GenAI computes it); zero fails.
-        if int(np.float32(steps) * np.float32(strength)) < 1:
-            raise BadRequest(f"strength {strength:g} with num_inference_steps {steps} leaves no denoising step "
-                             "(num_inference_steps * strength must be at least 1)", param="strength")
+    if route == EDITS:
+        # The scheduler keeps int(steps * strength) steps (in float32, as GenAI computes it); zero
+        # fails inside generate, also with the model's default strength.
+        effective_strength = strength if strength is not None else rules.defaults.strength
+        if int(np.float32(steps) * np.float32(effective_strength)) < 1:
+            if strength is not None:
+                raise BadRequest(f"strength {strength:g} with num_inference_steps {steps} leaves no denoising "
+                                 "step (num_inference_steps * strength must be at least 1)", param="strength")
+            raise BadRequest(f"num_inference_steps {steps} with the default strength {effective_strength:g} leaves "
+                             "no denoising step (num_inference_steps * strength must be at least 1)",
+                             param="num_inference_steps")
 
     max_len = f.get_int("max_sequence_length")
     if max_len is not None and not 1 <= max_len <= MAX_SEQUENCE_LENGTH:

@@ -120,3 +120,17 @@ def test_calculator_runner_runs_one_node(tmp_path: Path) -> None:
             node.run({"HTTP_REQUEST_PAYLOAD": payload({"prompt": "a cat"})}, cancelled)
         (resources,) = node.graph.resources.values()
         assert resources.pool.available == 1
+
+
+def test_a_device_this_machine_lacks_is_a_load_error_naming_the_field(tmp_path: Path) -> None:
+    import openvino
+
+    available = ", ".join(openvino.Core().available_devices)
+    graph = tmp_path / "graph.pbtxt"
+    graph.write_text(node_text(f'models_path: "{TINY / "sd15"}"', 'device: "CPU TPU CPU"'))
+    runner = CalculatorRunner(graph.read_text(), registry=registry(), graph_file=graph)
+    assert runner.problems() == []  # `validate` may run where the accelerator is not
+    with pytest.raises(ConfigError) as info:
+        runner.graph  # noqa: B018 - loading is the point
+    assert [p.field for p in info.value.problems] == ["node_options.device"]
+    assert info.value.problems[0].message == f'device "TPU" is not available on this machine (available: {available})'

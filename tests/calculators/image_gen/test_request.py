@@ -418,3 +418,17 @@ def test_raw_json_body_is_parsed_when_the_front_end_did_not() -> None:
     assert parse_request(payload, RULES).num_images == 2
     bad = replace(payload, body=b"{")
     assert error(lambda: parse_request(bad, RULES)) == ("Failed to parse JSON", None)
+
+
+@pytest.mark.parametrize(("fields", "message", "param"), [
+    ({"num_inference_steps": "1"},
+     "num_inference_steps 1 with the default strength 0.8 leaves no denoising step "
+     "(num_inference_steps * strength must be at least 1)", "num_inference_steps"),
+    ({"num_inference_steps": "4", "strength": "0.2"},
+     "strength 0.2 with num_inference_steps 4 leaves no denoising step "
+     "(num_inference_steps * strength must be at least 1)", "strength"),
+])
+def test_edits_need_one_denoising_step_with_the_default_strength_too(
+        fields: dict[str, str], message: str, param: str) -> None:
+    assert error(lambda: edit({"prompt": "a cat", **fields})) == (message, param)
+    assert edit({"prompt": "a cat", "num_inference_steps": "2"}).strength is None
