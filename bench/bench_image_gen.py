@@ -23,9 +23,7 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +33,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import requests
+
+from ovms_graph.testing import serving
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SD15 = REPO / "models" / "tiny" / "sd15"
@@ -58,12 +58,6 @@ PROMPT = "a red circle on a white background"
 LATENCY_CASES = ((64, 2), (256, 4))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def serve(model: Path, streams: int) -> Iterator[str]:
     """``ovms-graph serve`` on a free port with one graph ("sd") of ``streams`` pipeline sets."""
@@ -73,29 +67,13 @@ def serve(model: Path, streams: int) -> Iterator[str]:
         (folder / "graph.pbtxt").write_text(GRAPH.format(models=model, streams=streams))
         config = Path(tmp) / "config.json"
         config.write_text(json.dumps({"model_config_list": [{"config": {"name": "sd", "base_path": "sd"}}]}))
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
         script = REPO / ".venv" / "bin" / "ovms-graph"
-        command = [str(script) if script.exists() else "ovms-graph", "serve", "--config_path", str(config),
-                   "--rest_port", str(port), "--log_level", "WARNING"]
-        proc = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        try:
-            deadline = time.monotonic() + 900
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"server exited with status {proc.returncode}")
-                try:
-                    if requests.get(f"{url}/v2/health/ready", timeout=5).status_code == 200:
-                        break
-                except requests.ConnectionError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("server did not become ready")
-                time.sleep(0.5)
-            yield url
-        finally:
-            proc.terminate()
-            proc.wait(timeout=120)
+        # INFO, not WARNING: the port is read from the "listening on" line; the server's log goes to
+        # server.log in the temporary folder (one line per request, negligible next to a generation).
+        with serving(["--config_path", str(config), "--rest_port", "0"], cwd=REPO, log=Path(tmp) / "server.log",
+                     command=(str(script) if script.exists() else "ovms-graph",),
+                     env={**os.environ, "PYTHONUNBUFFERED": "1"}, limit=900, stop_timeout=120) as server:
+            yield server.url
 
 
 def body(size: int, steps: int, seed: int = 1) -> dict[str, object]:

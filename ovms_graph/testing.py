@@ -21,7 +21,15 @@ folder; nothing is written there), so relative paths in node options resolve aga
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import contextlib
+import http.client
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +108,137 @@ class CalculatorRunner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: The server's log line naming its address (ovms_graph.server logs it at INFO once the port is bound).
+LISTENING_RE = re.compile(r"listening on http://(\S+):(\d+)")
+
+
+class ServerProcess:
+    """``ovms-graph serve`` as a real subprocess, its stdout and stderr in one log file.
+
+    Start it on ``--rest_port 0`` and read the port the kernel picked from the log::
+
+        with serving(["--config_path", str(config), "--rest_port", "0"], cwd=tmp_path) as server:
+            requests.get(server.url + "/v3/models")
+        assert server.process.returncode == 0, server.output()
+
+    Every ``limit`` and ``timeout`` here is a safety net against hanging forever, never a
+    performance assertion. Waits that fail raise AssertionError carrying the server's log.
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes], log: Path) -> None:
+        self.process = process
+        self.log = log
+        self._address: tuple[str, int] | None = None
+
+    @classmethod
+    def start(cls, args: Sequence[str], *, cwd: Path, env: Mapping[str, str] | None = None,
+              command: Sequence[str] | None = None, log: Path | None = None) -> ServerProcess:
+        """Run ``[*command, "serve", *args]`` in ``cwd`` and return at once (not yet listening).
+
+        ``command`` defaults to the ``ovms-graph`` script next to ``sys.executable``. ``env``
+        replaces the environment, as in ``subprocess.Popen`` (None inherits this process's).
+        ``log`` defaults to a new ``ovms-graph-serve-*.log`` file in ``cwd``.
+        """
+        if command is None:
+            command = (str(Path(sys.executable).parent / "ovms-graph"),)
+        if log is None:
+            log = cwd / f"ovms-graph-serve-{time.monotonic_ns()}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen([*command, "serve", *args], stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
+                                       env=None if env is None else dict(env))
+        return cls(process, log)
+
+    @property
+    def port(self) -> int:
+        """The port from the log's "listening on" line (after :meth:`wait_listening`)."""
+        return self._listening()[1]
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT`` as the server logged it (after :meth:`wait_listening`)."""
+        host, port = self._listening()
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def _listening(self) -> tuple[str, int]:
+        if self._address is None:
+            raise RuntimeError("the server's address is not known yet; call wait_listening() or wait_ready() first")
+        return self._address
+
+    def output(self) -> str:
+        """Everything the server wrote so far, stdout and stderr interleaved."""
+        return self.log.read_text(errors="replace")
+
+    def wait_listening(self, limit: float = 600.0, *, interval: float = 0.05) -> int:
+        """The port, once the server has logged it; fails if the process exits first or ``limit`` passes."""
+        deadline = time.monotonic() + limit
+        while self._address is None:
+            exited = self.process.poll() is not None  # before reading, so a last line is never missed
+            found = LISTENING_RE.search(self.output())
+            if found:
+                self._address = (found.group(1), int(found.group(2)))
+            elif exited:
+                raise AssertionError(f"ovms-graph serve exited with {self.process.returncode} before listening:\n"
+                                     f"{self.output()}")
+            elif time.monotonic() >= deadline:
+                raise AssertionError(f"ovms-graph serve did not listen within {limit} s:\n{self.output()}")
+            else:
+                time.sleep(interval)
+        return self._address[1]
+
+    def is_ready(self) -> bool:
+        """Whether GET /v2/health/ready answers 200 now (no API key needed; no proxy used)."""
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(self.url + "/v2/health/ready", timeout=10) as response:
+                return int(response.status) == 200
+        except (OSError, http.client.HTTPException):  # refused, reset, or an HTTPError such as 503
+            return False
+
+    def wait_ready(self, limit: float = 600.0, *, interval: float = 0.1) -> None:
+        """Wait until listening and ready; fails if the process exits first or ``limit`` passes."""
+        deadline = time.monotonic() + limit
+        self.wait_listening(limit)
+        while not self.is_ready():
+            if self.process.poll() is not None:
+                raise AssertionError(f"ovms-graph serve exited with {self.process.returncode} before it was "
+                                     f"ready:\n{self.output()}")
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"ovms-graph serve was not ready within {limit} s:\n{self.output()}")
+            time.sleep(interval)
+
+    def stop(self, timeout: float = 600.0) -> int:
+        """SIGTERM (the server drains), wait up to ``timeout``, kill if still running; the exit code.
+
+        A process that already exited is only reaped. Killed, the code is ``-SIGKILL``.
+        """
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL without draining, if still running, and reap."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+@contextlib.contextmanager
+def serving(args: Sequence[str], *, cwd: Path, env: Mapping[str, str] | None = None,
+            command: Sequence[str] | None = None, log: Path | None = None, limit: float = 600.0,
+            stop_timeout: float = 600.0) -> Iterator[ServerProcess]:
+    """:meth:`ServerProcess.start`, wait ready (``limit``), yield, then :meth:`ServerProcess.stop`.
+
+    The exit code is ``server.process.returncode`` after the block.
+    """
+    server = ServerProcess.start(args, cwd=cwd, env=env, command=command, log=log)
+    try:
+        server.wait_ready(limit)
+        yield server
+    finally:
+        server.stop(stop_timeout)

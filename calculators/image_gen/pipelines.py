@@ -14,6 +14,7 @@ no ``clone()`` and a pipeline runs one ``generate`` at a time, so a node keeps a
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import logging
@@ -347,6 +348,7 @@ class ImageGenResources:
 
     def close(self) -> None:
         self.pool.close()
+        self.lora.close()
 
 
 def model_defaults(pipes: PipelineSet) -> ModelDefaults:
@@ -364,6 +366,8 @@ def build_resources(node: str, settings: NodeSettings, info: ModelInfo, lora: Lo
     """Load, reshape and compile ``settings.num_streams`` pipeline sets. Raises RuntimeError naming
     every task's failure when no pipeline at all can be built."""
     sets = settings.num_streams
+    # FUSE adapters combined with switchable ones are merged into a copy of the model (see LoraPlan).
+    settings = dataclasses.replace(settings, models_path=lora.model_dir(settings.models_path))
     properties = compile_properties(settings, sets)
     builder = PipelineBuilder(settings, properties, lora.compile_kwargs, derive=info.family in DERIVABLE)
     started = time.monotonic()

@@ -7,10 +7,8 @@ import base64
 import io
 import json
 import re
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +18,7 @@ import openvino_genai as ov_genai
 import pytest
 from PIL import Image
 
+from ovms_graph.testing import serving
 from tests.models.conftest import F32, REPO, TINY, pixels
 
 GRAPH_DIR = REPO / "graphs" / "tiny-sd"
@@ -43,38 +42,12 @@ def test_validates() -> None:
     assert run.returncode == 0, run.stdout + run.stderr
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(CLI), "serve", "--config_path", str(GRAPH_DIR / "config.json"), "--rest_port", str(port),
-         "--rest_bind_address", "127.0.0.1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited {proc.returncode}:\n{proc.stdout.read() if proc.stdout else ''}")
-            try:
-                with urllib.request.urlopen(url + "/v2/health/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("server not ready after 120 s")
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("tiny-sd-server") / "server.log"
+    with serving(["--config_path", str(GRAPH_DIR / "config.json"), "--rest_port", "0", "--rest_bind_address",
+                  "127.0.0.1"], cwd=Path.cwd(), log=log, limit=120, stop_timeout=60) as served:
+        yield served.url
 
 
 def test_served_image_equals_genai_output(server: str) -> None:

@@ -11,22 +11,20 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import openai
 import pytest
 import requests
 
+from ovms_graph.testing import ServerProcess
 from tests.server.fakes import FAKE_PNG, graph_text
 
 REPO = Path(__file__).resolve().parents[2]
-OVMS_GRAPH = Path(sys.executable).parent / "ovms-graph"
 KEY = "e2e-key"
 STARTUP_LIMIT = 120.0  # a safety net against hanging forever, not a performance assertion
 
@@ -52,71 +50,31 @@ def write_graphs(root: Path, graphs: dict[str, str]) -> Path:
     return config
 
 
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    log: Path
-    port: int = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def start(tmp_path: Path, *args: str, command: tuple[str, ...] = (str(OVMS_GRAPH),)) -> Server:
+def start(tmp_path: Path, *args: str, command: tuple[str, ...] | None = None) -> ServerProcess:
+    """``ovms-graph serve *args`` in tmp_path with the fake calculators installed as a plugin."""
     site = tmp_path / "site"
     if not site.exists():
         install_plugin(site)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
-    log = tmp_path / f"server-{time.monotonic_ns()}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([*command, "serve", *args], stdout=out, stderr=subprocess.STDOUT,
-                                   env=env, cwd=tmp_path)
-    return Server(process, log)
-
-
-def wait_listening(server: Server) -> None:
-    deadline = time.monotonic() + STARTUP_LIMIT
-    while time.monotonic() < deadline:
-        found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", server.output())
-        if found:
-            server.port = int(found.group(1))
-            return
-        assert server.process.poll() is None, f"server exited early:\n{server.output()}"
-        time.sleep(0.05)
-    raise AssertionError(f"server never listened:\n{server.output()}")
-
-
-def wait_ready(server: Server) -> None:
-    wait_listening(server)
-    deadline = time.monotonic() + STARTUP_LIMIT
-    while time.monotonic() < deadline:
-        assert server.process.poll() is None, f"server exited early:\n{server.output()}"
-        if requests.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 200:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"server never became ready:\n{server.output()}")
+    return ServerProcess.start(args, cwd=tmp_path, env=env, command=command,
+                               log=tmp_path / f"server-{time.monotonic_ns()}.log")
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Server]:
+def served(tmp_path: Path) -> Iterator[ServerProcess]:
     config = write_graphs(tmp_path, {"tiny": "OpenAIImageCalculator", "slow": "FileGateCalculator"})
     (tmp_path / "key.txt").write_text(f"{KEY}\n")
     server = start(tmp_path, "--config_path", str(config), "--rest_port", "0", "--rest_bind_address", "127.0.0.1",
                    "--api_key_file", str(tmp_path / "key.txt"), "--metrics_enable", "--shutdown_timeout", "60")
     try:
-        wait_ready(server)
+        server.wait_ready(STARTUP_LIMIT)
         yield server
     finally:
-        if server.process.poll() is None:
-            server.process.kill()
-            server.process.wait()
+        server.kill()
 
 
-def test_serve_answers_raw_http_and_the_openai_sdk_then_drains_on_sigterm(served: Server, tmp_path: Path) -> None:
+def test_serve_answers_raw_http_and_the_openai_sdk_then_drains_on_sigterm(served: ServerProcess,
+                                                                          tmp_path: Path) -> None:
     auth = {"Authorization": f"Bearer {KEY}"}
     assert requests.get(f"{served.url}/v2/health/live", timeout=5).status_code == 200
 
@@ -253,7 +211,7 @@ def test_serve_source_model_serves_what_pull_model_returns(tmp_path: Path) -> No
                    "--model_name", "tiny", "--rest_port", "0",
                    command=(sys.executable, str(script), str(record), str(graph)))
     try:
-        wait_ready(server)
+        server.wait_ready(STARTUP_LIMIT)
         assert record.read_text() == f"OpenVINO/tiny-sd tiny {tmp_path / 'm'}"
         models = requests.get(f"{server.url}/v3/models", timeout=5).json()
         assert [m["id"] for m in models["data"]] == ["tiny"]
@@ -262,6 +220,4 @@ def test_serve_source_model_serves_what_pull_model_returns(tmp_path: Path) -> No
         server.process.send_signal(signal.SIGINT)
         assert server.process.wait(timeout=STARTUP_LIMIT) == 0
     finally:
-        if server.process.poll() is None:
-            server.process.kill()
-            server.process.wait()
+        server.kill()

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from prompt_guard_helpers import GUARDED_SD, Server, serve, stop, unguarded_graph
+from prompt_guard_helpers import GUARDED_SD, Server, serve, unguarded_graph
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +20,7 @@ def guarded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
         {"config": {"name": "guarded-sd", "base_path": str(GUARDED_SD)}},
         {"config": {"name": "plain-sd", "base_path": "plain-sd"}},
     ]}))
-    server = serve(config, root)
-    try:
+    with serve(config, root) as server:
         yield server
-    finally:
-        status = stop(server)
-        assert status == 0, server.output()
-        assert "Traceback" not in server.output()
+    assert server.process.returncode == 0, server.output()
+    assert "Traceback" not in server.output()

@@ -7,19 +7,16 @@ entry point, and so the calculator in a served graph, visible to ovms-graph.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
-import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
-import requests
 from ovms_graph.packets import HttpPayload, MultipartView, UploadedFile
 from ovms_graph.registry import Registry
+from ovms_graph.testing import ServerProcess, serving
 
 from ovms_graph_prompt_guard.prompt_guard_calculator import PromptGuardCalculator
 
@@ -80,53 +77,21 @@ def form_payload(fields: Mapping[str, str | tuple[str, ...]], model: str = "guar
 
 
 # ----- a real server -----
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    log: Path
-    port: int = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
+#: The running server the tests talk to (its ``url``, ``process`` and ``output()``).
+Server: TypeAlias = ServerProcess
 
 
-def serve(config: Path, workdir: Path) -> Server:
-    """``ovms-graph serve`` on a free port, returned once every graph is loaded."""
+@contextmanager
+def serve(config: Path, workdir: Path) -> Iterator[Server]:
+    """``ovms-graph serve`` on a free port, entered once every graph is loaded, SIGTERM on exit.
+
+    The exit status is ``server.process.returncode`` after the block.
+    """
     assert (TINY_SD15 / "model_index.json").is_file(), (
         f"the tiny SD1.5 model is missing under {TINY_SD15}; build it with `make fixtures` in the repository")
-    log = workdir / "server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([str(OVMS_GRAPH), "serve", "--config_path", str(config), "--rest_port", "0",
-                                    "--rest_bind_address", "127.0.0.1"],
-                                   stdout=out, stderr=subprocess.STDOUT, cwd=workdir, env=dict(os.environ))
-    server = Server(process, log)
-    deadline = time.monotonic() + STARTUP_LIMIT
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"the server exited early:\n{server.output()}"
-        if not server.port:
-            found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", server.output())
-            server.port = int(found.group(1)) if found else 0
-        elif requests.get(f"{server.url}/v2/health/ready", timeout=10).status_code == 200:
-            return server
-        time.sleep(0.1)
-    process.kill()
-    raise AssertionError(f"the server never became ready:\n{server.output()}")
-
-
-def stop(server: Server) -> int:
-    """SIGTERM, then the exit status (killed after the limit)."""
-    if server.process.poll() is None:
-        server.process.terminate()
-        try:
-            return server.process.wait(timeout=STARTUP_LIMIT)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
-    return server.process.returncode
+    with serving(["--config_path", str(config), "--rest_port", "0", "--rest_bind_address", "127.0.0.1"],
+                 cwd=workdir, log=workdir / "server.log", limit=STARTUP_LIMIT, stop_timeout=STARTUP_LIMIT) as server:
+        yield server
 
 
 def unguarded_graph(folder: Path) -> Path:

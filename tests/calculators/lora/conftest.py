@@ -1,0 +1,188 @@
+"""Real servers on 127.0.0.1 for the LoRA tests: the graphs/lora-* examples, each loaded from its own
+config.json, started on first use and shared by the session; plus openvino_genai run directly."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+from aiohttp import web
+from PIL import Image
+
+from calculators.image_gen.pipelines import ImageGenResources
+from calculators.image_gen_calculator import ImageGenCalculator
+from ovms_graph.cli import ServerOptions
+from ovms_graph.config import load_config
+from ovms_graph.registry import Registry
+from ovms_graph.server import SERVING, create_app
+from ovms_graph.serving import State
+
+REPO = Path(__file__).resolve().parents[3]
+TINY = REPO / "models" / "tiny"
+SD15 = TINY / "sd15"
+LORAS = TINY / "loras"
+EXAMPLES = REPO / "graphs"
+F32: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
+
+
+def require_tiny_loras() -> None:
+    """Fail (never skip) with a clear message when the tiny model or its LoRAs are missing."""
+    missing = [str(p) for p in (SD15 / "model_index.json", *(LORAS / f"lora_{n}.safetensors" for n in "abc"))
+               if not p.is_file()]
+    assert not missing, f"tiny model files missing: {missing}; build them with `make fixtures`"
+
+
+@dataclass
+class LiveServer:
+    """One running server: base URL, app and loop (in a background thread)."""
+
+    url: str
+    app: web.Application
+    loop: asyncio.AbstractEventLoop
+    runner: web.AppRunner
+    thread: threading.Thread
+
+    def resources(self, graph: str) -> ImageGenResources:
+        (value,) = self.app[SERVING].slots[graph].graph.resources.values()
+        assert isinstance(value, ImageGenResources)
+        return value
+
+    def generate(self, body: dict[str, Any]) -> requests.Response:
+        return requests.post(f"{self.url}/v3/images/generations", json=body, timeout=300)
+
+    def edit(self, fields: dict[str, str], files: dict[str, bytes]) -> requests.Response:
+        parts = {name: (f"{name}.png", data, "image/png") for name, data in files.items()}
+        return requests.post(f"{self.url}/v3/images/edits", data=fields, files=parts, timeout=300)
+
+    def models(self) -> list[str]:
+        response = requests.get(f"{self.url}/v3/models", timeout=60)
+        assert response.status_code == 200, response.text
+        return [m["id"] for m in response.json()["data"]]
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=120)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=60)
+
+
+def registry() -> Registry:
+    reg = Registry()
+    reg.register(ImageGenCalculator)
+    return reg
+
+
+def serve(config: Path) -> LiveServer:
+    """Serve every graph of ``config`` on a free port of 127.0.0.1; returns once all are loaded."""
+    require_tiny_loras()
+    app = create_app(load_config(config), ServerOptions(rest_port=0), registry=registry())
+    loop = asyncio.new_event_loop()
+    started: Future[web.AppRunner] = Future()
+
+    async def start() -> None:
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        state = await app[SERVING].wait_loaded()
+        if state is not State.READY:
+            raise RuntimeError(f"{config} did not load: {app[SERVING].error}")
+        started.set_result(runner)
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        task = loop.create_task(start())
+        task.add_done_callback(lambda t: started.set_exception(t.exception()) if t.exception() else None)
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name=f"lora-server-{config.parent.name}", daemon=True)
+    thread.start()
+    runner = started.result(timeout=900)
+    host, port = runner.addresses[0][:2]
+    return LiveServer(f"http://{host}:{port}", app, loop, runner, thread)
+
+
+class Servers:
+    """Lazily started servers: ``servers["lora-dynamic"]`` serves graphs/lora-dynamic/config.json;
+    ``servers.custom(name, config)`` serves any other config."""
+
+    def __init__(self) -> None:
+        self._servers: dict[str, LiveServer] = {}
+        self._lock = threading.Lock()
+
+    def __getitem__(self, example: str) -> LiveServer:
+        return self.custom(example, EXAMPLES / example / "config.json")
+
+    def custom(self, key: str, config: Path) -> LiveServer:
+        with self._lock:
+            if key not in self._servers:
+                self._servers[key] = serve(config)
+            return self._servers[key]
+
+    def close(self) -> None:
+        for server in self._servers.values():
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[Servers]:
+    pool = Servers()
+    yield pool
+    pool.close()
+
+
+# ----- images and direct openvino_genai -----
+def images(response: requests.Response) -> list[np.ndarray]:
+    """The RGB pixels of every image of a 200 response."""
+    assert response.status_code == 200, response.text
+    out = []
+    for item in response.json()["data"]:
+        image = Image.open(io.BytesIO(base64.b64decode(item["b64_json"])))
+        out.append(np.asarray(image.convert("RGB")))
+    return out
+
+
+def generate_kwargs(body: dict[str, Any]) -> dict[str, Any]:
+    """openvino_genai generate() keywords for a generations request body."""
+    kwargs: dict[str, Any] = {}
+    for key in ("rng_seed", "num_inference_steps", "guidance_scale", "negative_prompt", "strength"):
+        if key in body:
+            kwargs[key] = body[key]
+    if "size" in body:
+        kwargs["width"], kwargs["height"] = map(int, body["size"].split("x"))
+    return kwargs
+
+
+def adapter(name: str) -> Any:
+    import openvino_genai
+
+    return openvino_genai.Adapter(str(LORAS / f"lora_{name}.safetensors"))
+
+
+def direct_text2image(body: dict[str, Any], registered: Sequence[tuple[Any, float]], mode: str,
+                      active: Sequence[tuple[Any, float]] | None = None, *, models: Path = SD15,
+                      properties: dict[str, Any] | None = None) -> np.ndarray:
+    """openvino_genai's own image for ``body``: a fresh Text2ImagePipeline compiled with
+    ``AdapterConfig(registered, mode)`` (none when empty) and, when ``active`` is given, generate
+    called with ``adapters=AdapterConfig(active)``. Fresh, so its first generate applies the
+    configuration in full."""
+    import openvino_genai
+
+    pipe = openvino_genai.Text2ImagePipeline(str(models))
+    props = dict(properties if properties is not None else F32)
+    if registered:
+        props["adapters"] = openvino_genai.AdapterConfig(list(registered), getattr(
+            openvino_genai.AdapterConfig.Mode, mode))
+    pipe.compile("CPU", **props)
+    kwargs = generate_kwargs(body)
+    if active is not None:
+        kwargs["adapters"] = openvino_genai.AdapterConfig(list(active))
+    return np.array(pipe.generate(body["prompt"], **kwargs).data, copy=True)
