@@ -21,12 +21,14 @@ folder; nothing is written there), so relative paths in node options resolve aga
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import http.client
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
@@ -242,3 +244,75 @@ def serving(args: Sequence[str], *, cwd: Path, env: Mapping[str, str] | None = N
         yield server
     finally:
         server.stop(stop_timeout)
+
+
+class ThreadedServer:
+    """The real aiohttp application serving a config.json on a free 127.0.0.1 port, run on its own
+    event loop in a background thread of the test process, so tests can use ordinary blocking HTTP
+    clients (requests, the openai SDK) and still inspect the loaded graphs::
+
+        server = ThreadedServer.start(config, registry=registry)
+        requests.get(server.url + "/v3/models")
+        server.stop()
+    """
+
+    def __init__(self, url: str, app: Any, loop: asyncio.AbstractEventLoop, runner: Any,
+                 thread: threading.Thread) -> None:
+        self.url = url
+        self.app = app
+        self.loop = loop
+        self.runner = runner
+        self.thread = thread
+
+    @classmethod
+    def start(cls, config: Path, *, registry: Registry, options: Any = None, limit: float = 900.0
+              ) -> ThreadedServer:
+        """Serve every graph of ``config``; returns once all are loaded. Raises RuntimeError naming
+        the load error when a graph fails to load. ``limit`` is a safety net, not a performance bound."""
+        from aiohttp import web
+
+        from ovms_graph.cli import ServerOptions
+        from ovms_graph.config import load_config
+        from ovms_graph.server import SERVING, create_app
+        from ovms_graph.serving import State
+
+        app = create_app(load_config(config), options or ServerOptions(rest_port=0), registry=registry)
+        loop = asyncio.new_event_loop()
+        started: concurrent.futures.Future[web.AppRunner] = concurrent.futures.Future()
+
+        async def start() -> None:
+            runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            state = await app[SERVING].wait_loaded()
+            if state is not State.READY:
+                raise RuntimeError(f"{config} did not load: {app[SERVING].error}")
+            started.set_result(runner)
+
+        def done(task: asyncio.Task[None]) -> None:
+            if task.exception() is not None:
+                started.set_exception(task.exception())
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.create_task(start()).add_done_callback(done)
+            loop.run_forever()
+
+        thread = threading.Thread(target=run, name=f"server-{config.parent.name}", daemon=True)
+        thread.start()
+        runner = started.result(timeout=limit)
+        host, port = runner.addresses[0][:2]
+        return cls(f"http://{host}:{port}", app, loop, runner, thread)
+
+    def graph(self, name: str) -> Graph:
+        """The loaded graph served as ``name``."""
+        from ovms_graph.server import SERVING
+
+        graph: Graph = self.app[SERVING].slots[name].graph
+        return graph
+
+    def stop(self, timeout: float = 120.0) -> None:
+        """Shut the application down (in-flight requests drain, graphs close) and end the thread."""
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=timeout)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=timeout)

@@ -76,6 +76,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from calculators.image_gen.options import json_kind
 from calculators.protos.image_gen_calculator_pb2 import ImageGenCalculatorOptions, LoraLoadMode
 from ovms_graph.calculator import LoadContext, NodeIssue
 from ovms_graph.errors import BadRequest
@@ -284,7 +285,7 @@ class LoraPlan:
             raise BadRequest(STATIC_ALPHAS_MESSAGE, param=LORA_ALPHAS)
         if not isinstance(lora_alphas, Mapping):
             raise BadRequest(f"lora_alphas must be an object mapping adapter aliases to numbers, got "
-                             f"{_json_kind(lora_alphas)}", param=LORA_ALPHAS)
+                             f"{json_kind(lora_alphas)}", param=LORA_ALPHAS)
         for key, value in lora_alphas.items():
             if key not in alphas:
                 raise BadRequest(_inactive_key_message(str(key), model_name, list(alphas)), param=LORA_ALPHAS)
@@ -573,18 +574,6 @@ class LoraPlan:
 
 
 # ----- request helpers -----
-def _json_kind(value: object) -> str:
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bool):
-        return "a boolean"
-    if value is None:
-        return "null"
-    return "a number"
-
-
 def _json_repr(value: object) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)

@@ -106,7 +106,7 @@ def parse_plugin_config(text: str) -> tuple[dict[str, Any], int]:
     except json.JSONDecodeError as exc:
         raise ValueError(f"expected a JSON object, got invalid JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(value, dict):
-        raise ValueError(f"expected a JSON object, got {_json_kind(value)}")
+        raise ValueError(f"expected a JSON object, got {json_kind(value)}")
     config = dict(value)
     streams_value = config.pop("NUM_STREAMS", 1)
     streams: int | None = None
@@ -119,7 +119,8 @@ def parse_plugin_config(text: str) -> tuple[dict[str, Any], int]:
     return config, streams
 
 
-def _json_kind(value: object) -> str:
+def json_kind(value: object) -> str:
+    """How a JSON value reads in a message: "an array", "a string", "a boolean", "null", "a number"."""
     if isinstance(value, list):
         return "an array"
     if isinstance(value, str):

@@ -7,24 +7,17 @@ in a background thread, so tests talk to it with ordinary HTTP clients (requests
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 from collections.abc import Iterator
-from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from aiohttp import web
 
 from calculators.image_gen.pipelines import ImageGenResources
-from ovms_graph.cli import ServerOptions
-from ovms_graph.config import load_config
-from ovms_graph.server import SERVING, create_app
-from ovms_graph.serving import State
+from ovms_graph.testing import ThreadedServer
 from tests.calculators.image_gen.helpers import F32, TINY, graph_text, registry, wait_for_tiny_models
 
 #: Served graphs by name: the model folder under models/tiny and the node options besides models_path.
@@ -46,18 +39,11 @@ GRAPHS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-@dataclass
-class LiveServer:
+class LiveServer(ThreadedServer):
     """One running server: its base URL and a view of its loaded graphs."""
 
-    url: str
-    app: web.Application
-    loop: asyncio.AbstractEventLoop
-    runner: web.AppRunner
-    thread: threading.Thread
-
     def resources(self, graph: str) -> ImageGenResources:
-        (value,) = self.app[SERVING].slots[graph].graph.resources.values()
+        (value,) = self.graph(graph).resources.values()
         assert isinstance(value, ImageGenResources)
         return value
 
@@ -67,11 +53,6 @@ class LiveServer:
     def generate(self, body: dict[str, Any]) -> requests.Response:
         return self.post("images/generations", json=body)
 
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=60)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=60)
-
 
 def start_server(root: Path, name: str, text: str) -> LiveServer:
     """Serve graph ``name`` (graph.pbtxt ``text``) on a free port; returns once it is ready."""
@@ -80,30 +61,9 @@ def start_server(root: Path, name: str, text: str) -> LiveServer:
     (folder / "graph.pbtxt").write_text(text)
     config = root / f"{name}.json"
     config.write_text(json.dumps({"model_config_list": [{"config": {"name": name, "base_path": name}}]}))
-    app = create_app(load_config(config), ServerOptions(rest_port=0), registry=registry())
-    loop = asyncio.new_event_loop()
-    started: Future[web.AppRunner] = Future()
-
-    async def start() -> None:
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        state = await app[SERVING].wait_loaded()
-        if state is not State.READY:
-            raise RuntimeError(f"graph {name} did not load: {app[SERVING].error}")
-        started.set_result(runner)
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        task = loop.create_task(start())
-        task.add_done_callback(lambda t: started.set_exception(t.exception()) if t.exception() else None)
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, name=f"server-{name}", daemon=True)
-    thread.start()
-    runner = started.result(timeout=600)
-    host, port = runner.addresses[0][:2]
-    return LiveServer(f"http://{host}:{port}", app, loop, runner, thread)
+    server = LiveServer.start(config, registry=registry(), limit=600)
+    assert isinstance(server, LiveServer)
+    return server
 
 
 class Servers:

@@ -3,29 +3,22 @@ config.json, started on first use and shared by the session; plus openvino_genai
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import requests
-from aiohttp import web
 from PIL import Image
 
 from calculators.image_gen.pipelines import ImageGenResources
 from calculators.image_gen_calculator import ImageGenCalculator
-from ovms_graph.cli import ServerOptions
-from ovms_graph.config import load_config
 from ovms_graph.registry import Registry
-from ovms_graph.server import SERVING, create_app
-from ovms_graph.serving import State
+from ovms_graph.testing import ThreadedServer
 
 REPO = Path(__file__).resolve().parents[3]
 TINY = REPO / "models" / "tiny"
@@ -42,18 +35,11 @@ def require_tiny_loras() -> None:
     assert not missing, f"tiny model files missing: {missing}; build them with `make fixtures`"
 
 
-@dataclass
-class LiveServer:
+class LiveServer(ThreadedServer):
     """One running server: base URL, app and loop (in a background thread)."""
 
-    url: str
-    app: web.Application
-    loop: asyncio.AbstractEventLoop
-    runner: web.AppRunner
-    thread: threading.Thread
-
     def resources(self, graph: str) -> ImageGenResources:
-        (value,) = self.app[SERVING].slots[graph].graph.resources.values()
+        (value,) = self.graph(graph).resources.values()
         assert isinstance(value, ImageGenResources)
         return value
 
@@ -69,11 +55,6 @@ class LiveServer:
         assert response.status_code == 200, response.text
         return [m["id"] for m in response.json()["data"]]
 
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=120)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=60)
-
 
 def registry() -> Registry:
     reg = Registry()
@@ -84,30 +65,9 @@ def registry() -> Registry:
 def serve(config: Path) -> LiveServer:
     """Serve every graph of ``config`` on a free port of 127.0.0.1; returns once all are loaded."""
     require_tiny_loras()
-    app = create_app(load_config(config), ServerOptions(rest_port=0), registry=registry())
-    loop = asyncio.new_event_loop()
-    started: Future[web.AppRunner] = Future()
-
-    async def start() -> None:
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        state = await app[SERVING].wait_loaded()
-        if state is not State.READY:
-            raise RuntimeError(f"{config} did not load: {app[SERVING].error}")
-        started.set_result(runner)
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        task = loop.create_task(start())
-        task.add_done_callback(lambda t: started.set_exception(t.exception()) if t.exception() else None)
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, name=f"lora-server-{config.parent.name}", daemon=True)
-    thread.start()
-    runner = started.result(timeout=900)
-    host, port = runner.addresses[0][:2]
-    return LiveServer(f"http://{host}:{port}", app, loop, runner, thread)
+    server = LiveServer.start(config, registry=registry())
+    assert isinstance(server, LiveServer)
+    return server
 
 
 class Servers:
