@@ -102,6 +102,22 @@ def draw(spec: ShapeSpec, rng: random.Random, size: int = IMAGE_SIZE) -> Image.I
     return img.resize((size, size), Image.Resampling.LANCZOS)
 
 
+#: The 12 prompts the demo model is measured on (tests/demo, docs/demo-model.md): every colour on two
+#: backgrounds and as two shapes; every shape and every background four times.
+def _eval_specs() -> list[ShapeSpec]:
+    specs = []
+    for i, color in enumerate(COLORS * 2):
+        shape = SHAPES[(i + i // 6) % 3]
+        background = BACKGROUNDS[(i + 2 * (i // 6)) % 3]
+        specs.append(ShapeSpec(shape, color, background))
+    return specs
+
+
+EVAL_SPECS: tuple[ShapeSpec, ...] = tuple(_eval_specs())
+EVAL_PROMPTS: tuple[str, ...] = tuple(caption(spec, with_background=True) for spec in EVAL_SPECS)
+EVAL_SEEDS: tuple[int, ...] = (11, 22, 33, 44)
+
+
 def random_spec(rng: random.Random, outline: bool = False) -> ShapeSpec:
     """A uniformly random shape, colour and background."""
     return ShapeSpec(rng.choice(SHAPES), rng.choice(COLORS), rng.choice(BACKGROUNDS), outline)
