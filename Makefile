@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 CONFIG ?= graphs/demo/config.json
 
-.PHONY: install test test-convert lint proto proto-check run fixtures fixtures-env bench clean
+.PHONY: install test test-convert lint proto proto-check run fixtures tiny-models demo-model fixtures-env bench clean
 
 install: $(VENV)/.installed
 
@@ -56,8 +56,16 @@ $(FIXTURES_VENV)/.installed: pyproject.toml
 	$(FIXTURES_VENV)/bin/python -m pip install -q -e ".[fixtures]"
 	touch $@
 
-fixtures: fixtures-env
+# Rebuild the committed models: the tiny random ones (minutes) and the trained demo model (about an
+# hour of CPU; the step budget below is the one recorded in models/demo/MANIFEST.json).
+fixtures: tiny-models demo-model
+
+tiny-models: fixtures-env
 	bash tools/build_fixtures.sh $(FIXTURES_VENV)/bin/python
+
+demo-model: fixtures-env
+	$(FIXTURES_VENV)/bin/python -u tools/train_demo_model.py --vae-steps 3000 --unet-steps 5000 \
+		--lora-steps 1500 --eval-every 1250
 
 bench: install
 	$(PY) bench/bench_image_gen.py
