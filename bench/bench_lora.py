@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +35,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
+
+from ovms_graph.testing import serving
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "models" / "tiny"
@@ -70,26 +70,6 @@ def write_config(folder: Path) -> Path:
     config.write_text(json.dumps({"model_config_list": [{"config": {"name": g, "base_path": g}}
                                                         for g in ("plain", "lora")]}))
     return config
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 900.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with status {proc.returncode}")
-        try:
-            if requests.get(f"{url}/v2/health/ready", timeout=5).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(1.0)
-    raise RuntimeError("server did not become ready")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -136,14 +116,10 @@ def main() -> int:
             "size": f"{args.size}x{args.size}"}
     with tempfile.TemporaryDirectory(prefix="bench-lora-") as tmp:
         config = write_config(Path(tmp))
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        server = REPO / ".venv" / "bin" / "ovms-graph"
-        command = [str(server) if server.exists() else "ovms-graph", "serve", "--config_path", str(config),
-                   "--rest_port", str(port), "--log_level", "WARNING"]
-        proc = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        try:
-            wait_ready(url, proc)
+        # The server's INFO log line gives its port; its log goes to the temporary folder.
+        with serving(["--config_path", str(config), "--rest_port", "0"], cwd=Path(tmp), limit=900.0,
+                     stop_timeout=120.0) as server:
+            url, pid = server.url, server.process.pid
             for models in phases.values():  # warm-up: first requests compile kernels, prepare LoRA tensors
                 run_phase(url, models, body, 4, args.concurrency)
             results: dict[str, list[float]] = {name: [] for name in phases}
@@ -151,12 +127,9 @@ def main() -> int:
             names = list(phases)
             for round_ in range(args.rounds):
                 for name in names[round_ % len(names):] + names[:round_ % len(names)]:
-                    before = cpu_seconds(proc.pid)
+                    before = cpu_seconds(pid)
                     results[name].append(run_phase(url, phases[name], body, args.requests, args.concurrency))
-                    cpu[name].append((cpu_seconds(proc.pid) - before) / args.requests)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=120)
+                    cpu[name].append((cpu_seconds(pid) - before) / args.requests)
 
     medians = {name: statistics.median(values) for name, values in results.items()}
     cpu_medians = {name: statistics.median(values) for name, values in cpu.items()}
