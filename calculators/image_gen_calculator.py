@@ -2,7 +2,8 @@
 
 Takes one ``HttpPayload`` per request on ``HTTP_REQUEST_PAYLOAD``: ``images/generations`` (JSON)
 is text-to-image; ``images/edits`` (multipart) is image-to-image, or inpainting when a ``mask`` is
-uploaded. Answers with one ``HttpResponse`` (``{"created", "data": [{"b64_json"}, ...]}``) on
+uploaded. Answers with one ``HttpResponse`` (``{"created", "data": [{"b64_json"}, ...], "rng_seed",
+"size", "quality", "output_format", "background"}``) on
 ``HTTP_RESPONSE_PAYLOAD``, or with ``stream: true`` a sequence of ``ServerSentEvent`` packets in
 OpenAI's image streaming shape (partial images, then one ``...completed`` event).
 
@@ -106,6 +107,17 @@ def _device_issues(settings: NodeSettings) -> list[NodeIssue]:
                       field="node_options.device") for d in missing]
 
 
+def _response_body(request: ImageRequest, encoded: list[str]) -> dict[str, Any]:
+    """The non-streamed answer: what a gpt-image response carries and this server knows, plus
+    the seed that reproduces the images."""
+    body: dict[str, Any] = {"created": int(time.time()), "data": [{"b64_json": b64} for b64 in encoded],
+                            "rng_seed": request.rng_seed, "size": request.size, "quality": request.quality,
+                            "output_format": request.output_format, "background": "opaque"}
+    if request.end_user is not None:
+        body["safety_identifier"] = request.end_user
+    return body
+
+
 class ImageGenCalculator(Calculator):
     """OpenAI images API (generations, edits) on OpenVINO GenAI image generation pipelines."""
 
@@ -181,6 +193,7 @@ class ImageGenCalculator(Calculator):
         res = self._resources
         started = time.monotonic()
         request = parse_request(payload, RequestRules(res.settings, res.info, res.defaults, res.tasks, res.refused))
+        cc.request.end_user = request.end_user
         lora_kwargs = res.lora.generate_kwargs(payload.model, request.lora_alphas)
 
         def cancelled() -> bool:
@@ -191,7 +204,9 @@ class ImageGenCalculator(Calculator):
         shape = None
         if request.stream:
             prefix = "image_edit" if request.route == EDITS else "image_generation"
-            shape = StreamShape(prefix, request.size, request.output_format, request.output_compression)
+            shape = StreamShape(prefix, request.size, request.output_format, request.output_compression,
+                                quality=request.quality, rng_seed=request.rng_seed,
+                                safety_identifier=request.end_user)
 
         def decode(latent: Any) -> np.ndarray:
             return np.array(pipe.decode(latent).data, copy=True)
@@ -215,8 +230,7 @@ class ImageGenCalculator(Calculator):
                 cc.emit(OUTPUT, shape.partial(encoded[0], 0))
             cc.emit(OUTPUT, shape.completed(encoded[0]))
         else:
-            cc.emit(OUTPUT, HttpResponse.json({"created": int(time.time()),
-                                               "data": [{"b64_json": b64} for b64 in encoded]}))
+            cc.emit(OUTPUT, HttpResponse.json(_response_body(request, encoded)))
 
     def _generate(self, pipe: Any, request: ImageRequest, kwargs: dict[str, Any], cc: CalculatorContext
                   ) -> np.ndarray:

@@ -96,6 +96,9 @@ class RequestContext:
     def __init__(self, request_id: str | None = None,
                  client_gone: Callable[[], bool] | None = None) -> None:
         self.request_id = request_id or uuid.uuid4().hex[:16]
+        #: The end user the request names (OpenAI's ``user`` / ``safety_identifier``), set by the
+        #: calculator that validated it; the front end writes it to the access log line.
+        self.end_user: str | None = None
         self._cancelled = threading.Event()
         self._client_gone = client_gone
 

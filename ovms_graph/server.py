@@ -82,6 +82,7 @@ API_KEY = web.AppKey("api_key", str)  # absent when no --api_key_file
 REQUEST_ID = web.RequestKey("request_id", str)
 GRAPH = web.RequestKey("graph", str)
 OUTCOME = web.RequestKey("outcome", int)  # status to log when it differs from the response's
+CONTEXT = web.RequestKey("context", RequestContext)  # the graph run's context, once there is one
 
 
 # ----- application -----
@@ -186,8 +187,10 @@ async def _access_middleware(request: web.Request, handler: Handler) -> web.Stre
         if status == CLIENT_GONE and graph:
             request.app[METRICS].cancellations.labels(graph).inc()
         level = logging.DEBUG if request.path.startswith(("/v2/health", "/metrics")) else logging.INFO
-        access_log.log(level, "request %s %s %s graph=%s status=%d duration=%.3fs", request_id, request.method,
-                       request.path, graph or "-", status, seconds)
+        ctx = request.get(CONTEXT)
+        end_user = f" user={json.dumps(ctx.end_user)}" if ctx is not None and ctx.end_user is not None else ""
+        access_log.log(level, "request %s %s %s graph=%s status=%d duration=%.3fs%s", request_id, request.method,
+                       request.path, graph or "-", status, seconds, end_user)
 
 
 @web.middleware
@@ -312,6 +315,7 @@ async def _images(request: web.Request, route: str) -> web.StreamResponse:
     request[GRAPH] = slot.name
     client = _Client(request)
     ctx = RequestContext(request[REQUEST_ID], client_gone=client.is_disconnected)
+    request[CONTEXT] = ctx
     headers = CIMultiDictProxy(CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() != "authorization"))
     payload = HttpPayload(uri=str(request.rel_url), method=request.method, headers=headers, body=body,
                           route=route, model=model_name, parsed_json=parsed, multipart=multipart, client=client)

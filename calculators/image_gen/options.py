@@ -23,6 +23,8 @@ FIELD_PREFIX = "node_options."
 
 _RESOLUTION_RE = re.compile(r"^([0-9]+)x([0-9]+)$")
 _NUMERIC_RE = re.compile(r"^[0-9]+$")
+#: Largest seed a request or the node may give (SPEC §9).
+MAX_RNG_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True, order=True)
@@ -72,6 +74,7 @@ class NodeSettings:
     static_resolutions: tuple[Resolution, ...] = ()
     static_num_images_per_prompt: int | None = None
     static_guidance_scale: float | None = None
+    default_rng_seed: int | None = None
 
     @property
     def reshaped(self) -> bool:
@@ -245,6 +248,9 @@ def parse_options(options: ImageGenCalculatorOptions | None, ctx: LoadContext
               f"{options.default_num_inference_steps} exceeds max_num_inference_steps "
               f"{options.max_num_inference_steps}")
 
+    if options.HasField("default_rng_seed") and options.default_rng_seed > MAX_RNG_SEED:
+        issue("default_rng_seed", f"must be between 0 and {MAX_RNG_SEED}, got {options.default_rng_seed}")
+
     if any(d.upper().startswith("NPU") for d in devices):
         if not options.HasField("resolution"):
             issue("resolution", 'NPU requires a static resolution: set resolution: "WIDTHxHEIGHT"')
@@ -270,4 +276,5 @@ def parse_options(options: ImageGenCalculatorOptions | None, ctx: LoadContext
         static_resolutions=tuple(static),
         static_num_images_per_prompt=static_images,
         static_guidance_scale=static_guidance,
+        default_rng_seed=options.default_rng_seed if options.HasField("default_rng_seed") else None,
     ), []

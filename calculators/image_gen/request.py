@@ -14,6 +14,7 @@ import enum
 import json
 import math
 import re
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,14 +28,18 @@ from calculators.image_gen.images import (
     mask_tensor_array,
     resized,
 )
-from calculators.image_gen.options import NodeSettings, Resolution
+from calculators.image_gen.options import MAX_RNG_SEED, NodeSettings, Resolution
 from calculators.image_gen.pipelines import ModelDefaults, ModelInfo, Task
 from ovms_graph.errors import BadRequest
 from ovms_graph.packets import HttpPayload, MultipartView
 
 GENERATIONS = "images/generations"
 EDITS = "images/edits"
-MAX_SEED = 2**63 - 1
+MAX_SEED = MAX_RNG_SEED
+#: Seeds drawn for requests without ``rng_seed``: OpenVINO GenAI seeds a 32-bit Mersenne Twister,
+#: so only the low 32 bits of a seed matter.
+DRAWN_SEEDS = 2**32
+MAX_END_USER_LENGTH = 256
 MAX_SEQUENCE_LENGTH = 512
 MAX_PARTIAL_IMAGES = 3
 TEXT_FIELDS = ("prompt_2", "prompt_3", "negative_prompt", "negative_prompt_2", "negative_prompt_3")
@@ -72,9 +77,35 @@ FIELDS: Mapping[str, Kind] = {
     "stream": Kind.BOOLEAN,
     "partial_images": Kind.INTEGER,
     "lora_alphas": Kind.ANY,
+    "user": Kind.STRING,
+    "safety_identifier": Kind.STRING,
+    "quality": Kind.STRING,
+    "background": Kind.STRING,
+    "moderation": Kind.STRING,
 }
 #: File fields of images/edits.
 FILE_FIELDS = ("image", "image[]", "mask")
+
+#: Fields of the OpenAI images API (openai SDK ``image_generate_params`` / ``image_edit_params``)
+#: that these models cannot honour, with the reason a client reads.
+UNSUPPORTED: Mapping[str, str] = {
+    "style": "describe the style in the prompt",
+    "input_fidelity": "image-to-image follows the input as far as strength says; use strength",
+    "complexity": "these models have no planning stage; use quality or num_inference_steps",
+    "frame_count": "this server draws still images (png, jpeg, webp)",
+    "frame_duration_ms": "this server draws still images (png, jpeg, webp)",
+    "svg": "this server draws raster images (png, jpeg, webp)",
+    "markup": "edits take an image and an optional mask",
+}
+
+#: ``quality`` values and the name the response echoes (the openai SDK's ImagesResponse allows
+#: low, medium, high, xhigh and max).
+QUALITY_ECHO: Mapping[str, str] = {
+    "auto": "medium", "standard": "medium", "medium": "medium", "low": "low",
+    "high": "high", "hd": "high", "xhigh": "xhigh", "max": "max",
+}
+BACKGROUNDS = ("auto", "opaque")
+MODERATIONS = ("auto", "low")
 
 _INT_TEXT = re.compile(r"^[+-]?[0-9]+$")
 _FLOAT_TEXT = re.compile(r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$")
@@ -105,7 +136,7 @@ class ImageRequest:
     num_inference_steps: int
     texts: Mapping[str, str] = field(default_factory=dict)
     guidance_scale: float | None = None
-    rng_seed: int | None = None
+    rng_seed: int = 0
     strength: float | None = None
     max_sequence_length: int | None = None
     output_format: str = "png"
@@ -113,6 +144,8 @@ class ImageRequest:
     stream: bool = False
     partial_images: int = 0
     lora_alphas: object | None = None
+    quality: str = "medium"
+    end_user: str | None = None
     image: np.ndarray | None = field(default=None, repr=False, compare=False)
     mask: np.ndarray | None = field(default=None, repr=False, compare=False)
 
@@ -131,8 +164,7 @@ class ImageRequest:
         kwargs.update(self.texts)
         if self.guidance_scale is not None:
             kwargs["guidance_scale"] = self.guidance_scale
-        if self.rng_seed is not None:
-            kwargs["rng_seed"] = self.rng_seed
+        kwargs["rng_seed"] = self.rng_seed
         if self.strength is not None:
             kwargs["strength"] = self.strength
         if self.max_sequence_length is not None:
@@ -266,19 +298,25 @@ def _json_raws(body: object) -> list[_Raw]:
         raise BadRequest("JSON body must be an object")
     raws: list[_Raw] = []
     for name, value in body.items():
-        if name not in FIELDS:
-            raise BadRequest(f"Unhandled parameter: {name}", param=name)
+        _check_known(name)
         if value is None and name != "prompt":
             continue  # OpenAI clients send null for "not given"
         raws.append(_Raw(name, value, from_text=False))
     return raws
 
 
+def _check_known(name: str) -> None:
+    if name in UNSUPPORTED:
+        raise BadRequest(f"{name} is not supported by this server: {UNSUPPORTED[name]}", param=name)
+    if name not in FIELDS:
+        raise BadRequest(f"Unhandled parameter: {name}", param=name)
+
+
 def _multipart_raws(form: MultipartView) -> list[_Raw]:
     raws: list[_Raw] = []
     for name in form.field_names():
-        if name not in FIELDS and name not in FILE_FIELDS:
-            raise BadRequest(f"Unhandled parameter: {name}", param=name)
+        if name not in FILE_FIELDS:
+            _check_known(name)
     for name, values in form.fields.items():
         if name in FILE_FIELDS:
             raise BadRequest(f"{name} must be a file upload, not a text field", param=name)
@@ -367,6 +405,20 @@ def _build(f: _Fields, rules: RequestRules, *, route: str, form: MultipartView |
         if not stream:
             raise BadRequest("partial_images requires stream: true", param="partial_images")
 
+    quality = f.get_str("quality")
+    if quality is not None and quality not in QUALITY_ECHO:
+        raise BadRequest(f'quality must be one of {", ".join(QUALITY_ECHO)}, got "{quality}"', param="quality")
+    background = f.get_str("background")
+    if background == "transparent":
+        raise BadRequest("background transparent is not supported: this server draws opaque images "
+                         "(use auto or opaque)", param="background")
+    if background is not None and background not in BACKGROUNDS:
+        raise BadRequest(f'background must be one of auto, opaque, got "{background}"', param="background")
+    moderation = f.get_str("moderation")
+    if moderation is not None and moderation not in MODERATIONS:
+        raise BadRequest(f'moderation must be one of auto, low, got "{moderation}"', param="moderation")
+    end_user = _end_user(f)
+
     # Number of images.
     if f.has("n") and f.has("num_images_per_prompt"):
         raise BadRequest("n and num_images_per_prompt are mutually exclusive; set only one", param="n")
@@ -389,7 +441,7 @@ def _build(f: _Fields, rules: RequestRules, *, route: str, form: MultipartView |
     # Steps.
     steps = f.get_int("num_inference_steps")
     if steps is None:
-        steps = settings.default_num_inference_steps
+        steps = _quality_steps(quality or "auto", settings, info)
     elif steps <= 0:
         raise BadRequest("num_inference_steps must be higher than 0", param="num_inference_steps")
     elif steps > settings.max_num_inference_steps:
@@ -418,6 +470,8 @@ def _build(f: _Fields, rules: RequestRules, *, route: str, form: MultipartView |
     seed = f.get_int("rng_seed")
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise BadRequest(f"rng_seed must be between 0 and {MAX_SEED}, got {seed}", param="rng_seed")
+    if seed is None:
+        seed = settings.default_rng_seed if settings.default_rng_seed is not None else secrets.randbelow(DRAWN_SEEDS)
 
     strength = f.get_float("strength")
     if strength is not None:
@@ -457,7 +511,7 @@ def _build(f: _Fields, rules: RequestRules, *, route: str, form: MultipartView |
         if not images:
             raise BadRequest("Missing required field: 'image'", param="image")
         if len(images) > 1:
-            raise BadRequest(f"exactly one input image is supported (image or image[]), got {len(images)}",
+            raise BadRequest(f"one image is edited at a time; got {len(images)} (image or image[]): send one",
                              param="image")
         masks = form.files.get("mask", ())
         if len(masks) > 1:
@@ -485,8 +539,39 @@ def _build(f: _Fields, rules: RequestRules, *, route: str, form: MultipartView |
         texts={name: value for name in TEXT_FIELDS if (value := f.get_str(name)) is not None},
         guidance_scale=guidance, rng_seed=seed, strength=strength, max_sequence_length=max_len,
         output_format=output_format, output_compression=compression, stream=stream,
-        partial_images=partial_images, lora_alphas=lora_alphas, image=image, mask=mask,
+        partial_images=partial_images, lora_alphas=lora_alphas, quality=QUALITY_ECHO[quality or "auto"],
+        end_user=end_user, image=image, mask=mask,
     )
+
+
+def _end_user(f: _Fields) -> str | None:
+    """The end user a request names: a non-empty ``safety_identifier``, else a non-empty ``user``
+    (OpenAI's precedence)."""
+    for name in ("safety_identifier", "user"):
+        value = f.get_str(name)
+        if value is not None and len(value) > MAX_END_USER_LENGTH:
+            raise BadRequest(f"{name} is longer than {MAX_END_USER_LENGTH} characters", param=name)
+    return f.get_str("safety_identifier") or f.get_str("user") or None
+
+
+def _quality_steps(quality: str, settings: NodeSettings, info: ModelInfo) -> int:
+    """The step count a ``quality`` preset stands for: low half the node's default (rounded up),
+    auto, standard and medium the default, high and hd one and a half times it (rounded up), xhigh
+    and max the most the node allows; high and above never exceed that most (max_num_inference_steps,
+    and the scheduler's num_train_timesteps)."""
+    default = settings.default_num_inference_steps
+    most = settings.max_num_inference_steps
+    if info.max_steps is not None:
+        most = min(most, info.max_steps)
+    most = max(most, default)
+    preset = QUALITY_ECHO[quality]
+    if preset == "low":
+        return math.ceil(default / 2)
+    if preset == "high":
+        return min(math.ceil(default * 1.5), most)
+    if preset in ("xhigh", "max"):
+        return most
+    return default
 
 
 _TASK_MESSAGES = {

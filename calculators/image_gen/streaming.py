@@ -41,25 +41,38 @@ def partial_steps(total_steps: int, partial_images: int) -> frozenset[int]:
     return frozenset(s for s in steps if 0 <= s < total_steps - 1)
 
 
+#: The completed event's ``usage`` (required by the openai SDK's event models). These models are not
+#: billed by the token, so it counts none.
+NO_USAGE = {"input_tokens": 0, "input_tokens_details": {"image_tokens": 0, "text_tokens": 0},
+            "output_tokens": 0, "total_tokens": 0}
+
+
 @dataclass(frozen=True)
 class StreamShape:
-    """The fields every event of one streamed request repeats."""
+    """The fields every event of one streamed request repeats, ``rng_seed`` included (and
+    ``safety_identifier`` when the request named its end user)."""
 
     prefix: str  # "image_generation" or "image_edit"
     size: str
     output_format: str
     compression: int | None
+    quality: str = "medium"
+    rng_seed: int = 0
+    safety_identifier: str | None = None
 
     def partial(self, b64: str, index: int) -> ServerSentEvent:
         return self._event("partial_image", {"b64_json": b64, "partial_image_index": index})
 
     def completed(self, b64: str) -> ServerSentEvent:
-        return self._event("completed", {"b64_json": b64})
+        return self._event("completed", {"b64_json": b64, "usage": NO_USAGE})
 
     def _event(self, kind: str, extra: dict[str, Any]) -> ServerSentEvent:
         event_type = f"{self.prefix}.{kind}"
         body = {"type": event_type, **extra, "created_at": int(time.time()), "size": self.size,
-                "quality": "auto", "background": "opaque", "output_format": self.output_format}
+                "quality": self.quality, "background": "opaque", "output_format": self.output_format,
+                "rng_seed": self.rng_seed}
+        if self.safety_identifier is not None:
+            body["safety_identifier"] = self.safety_identifier
         return ServerSentEvent(json.dumps(body, separators=(",", ":")), event=event_type)
 
 

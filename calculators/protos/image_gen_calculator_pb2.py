@@ -29,21 +29,21 @@ except AttributeError:
   mediapipe_dot_framework_dot_calculator__options__pb2 = mediapipe_dot_framework_dot_calculator__pb2.ovms_graph.protos.calculator_options_pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&calculators/image_gen_calculator.proto\x12\tmediapipe\x1a$mediapipe/framework/calculator.proto\"\xa6\x04\n\x19ImageGenCalculatorOptions\x12\x13\n\x0bmodels_path\x18\x01 \x02(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x15\n\rplugin_config\x18\x03 \x01(\t\x12!\n\x0emax_resolution\x18\x04 \x01(\t:\t4096x4096\x12\x1a\n\x12\x64\x65\x66\x61ult_resolution\x18\x05 \x01(\t\x12%\n\x19max_num_images_per_prompt\x18\x06 \x01(\x04:\x02\x31\x30\x12\'\n\x1b\x64\x65\x66\x61ult_num_inference_steps\x18\x07 \x01(\x04:\x02\x35\x30\x12$\n\x17max_num_inference_steps\x18\x08 \x01(\x04:\x03\x31\x30\x30\x12\x12\n\nresolution\x18\t \x01(\t\x12\x1d\n\x15num_images_per_prompt\x18\n \x01(\x03\x12\x16\n\x0eguidance_scale\x18\x0b \x01(\x02\x12\x32\n\rlora_adapters\x18\x0c \x03(\x0b\x32\x1b.mediapipe.LoraAdapterEntry\x12\x45\n\x17\x63omposite_lora_adapters\x18\r \x03(\x0b\x32$.mediapipe.CompositeLoraAdapterEntry2R\n\x03\x65xt\x12\x1c.mediapipe.CalculatorOptions\x18\xc7\xf8\xc1\x37 \x01(\x0b\x32$.mediapipe.ImageGenCalculatorOptions\"q\n\x10LoraAdapterEntry\x12\r\n\x05\x61lias\x18\x01 \x02(\t\x12\x0c\n\x04path\x18\x02 \x02(\t\x12\x10\n\x05\x61lpha\x18\x03 \x01(\x02:\x01\x31\x12.\n\x04mode\x18\x04 \x01(\x0e\x32\x17.mediapipe.LoraLoadMode:\x07\x44YNAMIC\"A\n\x16\x43ompositeLoraComponent\x12\x15\n\radapter_alias\x18\x01 \x02(\t\x12\x10\n\x05\x61lpha\x18\x02 \x01(\x02:\x01\x31\"a\n\x19\x43ompositeLoraAdapterEntry\x12\r\n\x05\x61lias\x18\x01 \x02(\t\x12\x35\n\ncomponents\x18\x02 \x03(\x0b\x32!.mediapipe.CompositeLoraComponent*1\n\x0cLoraLoadMode\x12\x0b\n\x07\x44YNAMIC\x10\x00\x12\n\n\x06STATIC\x10\x01\x12\x08\n\x04\x46USE\x10\x02')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&calculators/image_gen_calculator.proto\x12\tmediapipe\x1a$mediapipe/framework/calculator.proto\"\xc1\x04\n\x19ImageGenCalculatorOptions\x12\x13\n\x0bmodels_path\x18\x01 \x02(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x15\n\rplugin_config\x18\x03 \x01(\t\x12!\n\x0emax_resolution\x18\x04 \x01(\t:\t4096x4096\x12\x1a\n\x12\x64\x65\x66\x61ult_resolution\x18\x05 \x01(\t\x12%\n\x19max_num_images_per_prompt\x18\x06 \x01(\x04:\x02\x31\x30\x12\'\n\x1b\x64\x65\x66\x61ult_num_inference_steps\x18\x07 \x01(\x04:\x02\x35\x30\x12$\n\x17max_num_inference_steps\x18\x08 \x01(\x04:\x03\x31\x30\x30\x12\x12\n\nresolution\x18\t \x01(\t\x12\x1d\n\x15num_images_per_prompt\x18\n \x01(\x03\x12\x16\n\x0eguidance_scale\x18\x0b \x01(\x02\x12\x32\n\rlora_adapters\x18\x0c \x03(\x0b\x32\x1b.mediapipe.LoraAdapterEntry\x12\x45\n\x17\x63omposite_lora_adapters\x18\r \x03(\x0b\x32$.mediapipe.CompositeLoraAdapterEntry\x12\x19\n\x10\x64\x65\x66\x61ult_rng_seed\x18\xe9\x07 \x01(\x04\x32R\n\x03\x65xt\x12\x1c.mediapipe.CalculatorOptions\x18\xc7\xf8\xc1\x37 \x01(\x0b\x32$.mediapipe.ImageGenCalculatorOptions\"q\n\x10LoraAdapterEntry\x12\r\n\x05\x61lias\x18\x01 \x02(\t\x12\x0c\n\x04path\x18\x02 \x02(\t\x12\x10\n\x05\x61lpha\x18\x03 \x01(\x02:\x01\x31\x12.\n\x04mode\x18\x04 \x01(\x0e\x32\x17.mediapipe.LoraLoadMode:\x07\x44YNAMIC\"A\n\x16\x43ompositeLoraComponent\x12\x15\n\radapter_alias\x18\x01 \x02(\t\x12\x10\n\x05\x61lpha\x18\x02 \x01(\x02:\x01\x31\"a\n\x19\x43ompositeLoraAdapterEntry\x12\r\n\x05\x61lias\x18\x01 \x02(\t\x12\x35\n\ncomponents\x18\x02 \x03(\x0b\x32!.mediapipe.CompositeLoraComponent*1\n\x0cLoraLoadMode\x12\x0b\n\x07\x44YNAMIC\x10\x00\x12\n\n\x06STATIC\x10\x01\x12\x08\n\x04\x46USE\x10\x02')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'calculators.image_gen_calculator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LORALOADMODE']._serialized_start=925
-  _globals['_LORALOADMODE']._serialized_end=974
+  _globals['_LORALOADMODE']._serialized_start=952
+  _globals['_LORALOADMODE']._serialized_end=1001
   _globals['_IMAGEGENCALCULATOROPTIONS']._serialized_start=92
-  _globals['_IMAGEGENCALCULATOROPTIONS']._serialized_end=642
-  _globals['_LORAADAPTERENTRY']._serialized_start=644
-  _globals['_LORAADAPTERENTRY']._serialized_end=757
-  _globals['_COMPOSITELORACOMPONENT']._serialized_start=759
-  _globals['_COMPOSITELORACOMPONENT']._serialized_end=824
-  _globals['_COMPOSITELORAADAPTERENTRY']._serialized_start=826
-  _globals['_COMPOSITELORAADAPTERENTRY']._serialized_end=923
+  _globals['_IMAGEGENCALCULATOROPTIONS']._serialized_end=669
+  _globals['_LORAADAPTERENTRY']._serialized_start=671
+  _globals['_LORAADAPTERENTRY']._serialized_end=784
+  _globals['_COMPOSITELORACOMPONENT']._serialized_start=786
+  _globals['_COMPOSITELORACOMPONENT']._serialized_end=851
+  _globals['_COMPOSITELORAADAPTERENTRY']._serialized_start=853
+  _globals['_COMPOSITELORAADAPTERENTRY']._serialized_end=950
 # @@protoc_insertion_point(module_scope)

@@ -19,7 +19,7 @@ STATIC: LoraLoadMode
 FUSE: LoraLoadMode
 
 class ImageGenCalculatorOptions(_message.Message):
-    __slots__ = ("models_path", "device", "plugin_config", "max_resolution", "default_resolution", "max_num_images_per_prompt", "default_num_inference_steps", "max_num_inference_steps", "resolution", "num_images_per_prompt", "guidance_scale", "lora_adapters", "composite_lora_adapters")
+    __slots__ = ("models_path", "device", "plugin_config", "max_resolution", "default_resolution", "max_num_images_per_prompt", "default_num_inference_steps", "max_num_inference_steps", "resolution", "num_images_per_prompt", "guidance_scale", "lora_adapters", "composite_lora_adapters", "default_rng_seed")
     EXT_FIELD_NUMBER: _ClassVar[int]
     ext: _descriptor.FieldDescriptor
     MODELS_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class ImageGenCalculatorOptions(_message.Message):
     GUIDANCE_SCALE_FIELD_NUMBER: _ClassVar[int]
     LORA_ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     COMPOSITE_LORA_ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_RNG_SEED_FIELD_NUMBER: _ClassVar[int]
     models_path: str
     device: str
     plugin_config: str
@@ -48,7 +49,8 @@ class ImageGenCalculatorOptions(_message.Message):
     guidance_scale: float
     lora_adapters: _containers.RepeatedCompositeFieldContainer[LoraAdapterEntry]
     composite_lora_adapters: _containers.RepeatedCompositeFieldContainer[CompositeLoraAdapterEntry]
-    def __init__(self, models_path: _Optional[str] = ..., device: _Optional[str] = ..., plugin_config: _Optional[str] = ..., max_resolution: _Optional[str] = ..., default_resolution: _Optional[str] = ..., max_num_images_per_prompt: _Optional[int] = ..., default_num_inference_steps: _Optional[int] = ..., max_num_inference_steps: _Optional[int] = ..., resolution: _Optional[str] = ..., num_images_per_prompt: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., lora_adapters: _Optional[_Iterable[_Union[LoraAdapterEntry, _Mapping]]] = ..., composite_lora_adapters: _Optional[_Iterable[_Union[CompositeLoraAdapterEntry, _Mapping]]] = ...) -> None: ...
+    default_rng_seed: int
+    def __init__(self, models_path: _Optional[str] = ..., device: _Optional[str] = ..., plugin_config: _Optional[str] = ..., max_resolution: _Optional[str] = ..., default_resolution: _Optional[str] = ..., max_num_images_per_prompt: _Optional[int] = ..., default_num_inference_steps: _Optional[int] = ..., max_num_inference_steps: _Optional[int] = ..., resolution: _Optional[str] = ..., num_images_per_prompt: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., lora_adapters: _Optional[_Iterable[_Union[LoraAdapterEntry, _Mapping]]] = ..., composite_lora_adapters: _Optional[_Iterable[_Union[CompositeLoraAdapterEntry, _Mapping]]] = ..., default_rng_seed: _Optional[int] = ...) -> None: ...
 
 class LoraAdapterEntry(_message.Message):
     __slots__ = ("alias", "path", "alpha", "mode")

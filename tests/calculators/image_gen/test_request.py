@@ -62,7 +62,32 @@ P = {"prompt": "a cat"}
 
 GENERATION_ERRORS: list[tuple[str, Any, RequestRules, str, str | None]] = [
     ("body not an object", ["a cat"], RULES, "JSON body must be an object", None),
-    ("unknown field", {**P, "quality": "hd"}, RULES, "Unhandled parameter: quality", "quality"),
+    ("unknown field", {**P, "colour": "red"}, RULES, "Unhandled parameter: colour", "colour"),
+    ("style", {**P, "style": "vivid"}, RULES, "style is not supported by this server: describe the style in the "
+     "prompt", "style"),
+    ("complexity", {**P, "complexity": "low"}, RULES, "complexity is not supported by this server: these models "
+     "have no planning stage; use quality or num_inference_steps", "complexity"),
+    ("frame_count", {**P, "frame_count": 4}, RULES, "frame_count is not supported by this server: this server "
+     "draws still images (png, jpeg, webp)", "frame_count"),
+    ("frame_duration_ms", {**P, "frame_duration_ms": 100}, RULES, "frame_duration_ms is not supported by this "
+     "server: this server draws still images (png, jpeg, webp)", "frame_duration_ms"),
+    ("svg", {**P, "svg": {"model": "x", "reasoning": {"effort": "low"}}}, RULES, "svg is not supported by this "
+     "server: this server draws raster images (png, jpeg, webp)", "svg"),
+    ("input_fidelity on generations", {**P, "input_fidelity": "high"}, RULES, "input_fidelity is not supported by "
+     "this server: image-to-image follows the input as far as strength says; use strength", "input_fidelity"),
+    ("quality unknown", {**P, "quality": "ultra"}, RULES,
+     'quality must be one of auto, standard, medium, low, high, hd, xhigh, max, got "ultra"', "quality"),
+    ("quality not a string", {**P, "quality": 3}, RULES, "quality must be a string, got 3", "quality"),
+    ("background transparent", {**P, "background": "transparent"}, RULES,
+     "background transparent is not supported: this server draws opaque images (use auto or opaque)", "background"),
+    ("background unknown", {**P, "background": "white"}, RULES,
+     'background must be one of auto, opaque, got "white"', "background"),
+    ("moderation unknown", {**P, "moderation": "high"}, RULES, 'moderation must be one of auto, low, got "high"',
+     "moderation"),
+    ("user not a string", {**P, "user": 7}, RULES, "user must be a string, got 7", "user"),
+    ("safety_identifier too long", {**P, "safety_identifier": "x" * 257}, RULES,
+     "safety_identifier is longer than 256 characters", "safety_identifier"),
+    ("user too long", {**P, "user": "x" * 257}, RULES, "user is longer than 256 characters", "user"),
     ("prompt missing", {"n": 1}, RULES, "prompt field is missing in JSON body", "prompt"),
     ("prompt not a string", {"prompt": 5}, RULES, "prompt must be a string, got 5", "prompt"),
     ("prompt null", {"prompt": None}, RULES, "prompt must be a string, got null", "prompt"),
@@ -225,7 +250,72 @@ GENERATION_OK: list[tuple[str, Any, RequestRules, dict[str, Any]]] = [
 def test_generation_kwargs(body: Any, rules: RequestRules, kwargs: dict[str, Any]) -> None:
     request = generation(body, rules)
     assert request.task is Task.TEXT2IMAGE
-    assert request.generate_kwargs() == kwargs
+    got = request.generate_kwargs()
+    seed = got.pop("rng_seed")
+    expected = dict(kwargs)
+    assert seed == expected.pop("rng_seed", seed)
+    assert got == expected
+
+
+# quality presets on a node with default_num_inference_steps 20 and max_num_inference_steps 50.
+QUALITY: list[tuple[str, dict[str, Any], RequestRules, int, str]] = [
+    ("no quality", {}, RULES, 20, "medium"),
+    ("auto", {"quality": "auto"}, RULES, 20, "medium"),
+    ("standard", {"quality": "standard"}, RULES, 20, "medium"),
+    ("medium", {"quality": "medium"}, RULES, 20, "medium"),
+    ("low: half, rounded up", {"quality": "low"}, RULES, 10, "low"),
+    ("high: one and a half", {"quality": "high"}, RULES, 30, "high"),
+    ("hd", {"quality": "hd"}, RULES, 30, "high"),
+    ("xhigh: the node's most", {"quality": "xhigh"}, RULES, 50, "xhigh"),
+    ("max", {"quality": "max"}, RULES, 50, "max"),
+    ("high capped at max", {"quality": "high"},
+     replace(RULES, settings=replace(SETTINGS, default_num_inference_steps=40)), 50, "high"),
+    ("low of an odd default", {"quality": "low"},
+     replace(RULES, settings=replace(SETTINGS, default_num_inference_steps=7)), 4, "low"),
+    ("max capped by the scheduler", {"quality": "max"},
+     replace(RULES, info=replace(SD, max_steps=30)), 30, "max"),
+    ("explicit steps win", {"quality": "low", "num_inference_steps": 33}, RULES, 33, "low"),
+]
+
+
+@pytest.mark.parametrize(("fields", "rules", "steps", "echo"), [c[1:] for c in QUALITY], ids=[c[0] for c in QUALITY])
+def test_quality_presets(fields: dict[str, Any], rules: RequestRules, steps: int, echo: str) -> None:
+    request = generation({**P, **fields}, rules)
+    assert (request.num_inference_steps, request.quality) == (steps, echo)
+    form = edit({**P, **{k: str(v) for k, v in fields.items()}}, rules=rules)
+    assert (form.num_inference_steps, form.quality) == (steps, echo)
+
+
+ACCEPTED: list[tuple[str, dict[str, Any], str | None]] = [
+    ("background auto", {"background": "auto"}, None),
+    ("background opaque", {"background": "opaque"}, None),
+    ("moderation auto", {"moderation": "auto"}, None),
+    ("moderation low", {"moderation": "low"}, None),
+    ("user", {"user": "alice"}, "alice"),
+    ("safety_identifier", {"safety_identifier": "hash-1"}, "hash-1"),
+    ("safety_identifier wins over user", {"user": "alice", "safety_identifier": "hash-1"}, "hash-1"),
+    ("empty safety_identifier falls back to user", {"user": "alice", "safety_identifier": ""}, "alice"),
+    ("empty user names nobody", {"user": ""}, None),
+]
+
+
+@pytest.mark.parametrize(("fields", "end_user"), [c[1:] for c in ACCEPTED], ids=[c[0] for c in ACCEPTED])
+def test_accepted_openai_fields(fields: dict[str, Any], end_user: str | None) -> None:
+    assert generation({**P, **fields}).end_user == end_user
+    assert edit({**P, **fields}).end_user == end_user
+
+
+def test_without_rng_seed_each_request_draws_a_32_bit_seed() -> None:
+    seeds = {generation(P).rng_seed for _ in range(8)}
+    assert len(seeds) > 1  # eight equal draws out of 2**32 would mean no draw at all
+    assert all(0 <= seed < 2**32 for seed in seeds)
+    assert edit(P).rng_seed in range(2**32)
+
+
+def test_the_node_can_pin_the_default_seed() -> None:
+    pinned = replace(RULES, settings=replace(SETTINGS, default_rng_seed=1234))
+    assert [generation(P, pinned).rng_seed for _ in range(3)] == [1234] * 3
+    assert generation({**P, "rng_seed": 5}, pinned).rng_seed == 5
 
 
 def test_response_and_stream_fields() -> None:
@@ -240,16 +330,23 @@ EDIT_ERRORS: list[tuple[str, dict[str, Any], dict[str, list[bytes]] | None, Requ
     ("prompt missing", {}, None, RULES, "Missing required field: 'prompt'", "prompt"),
     ("image missing", P, {}, RULES, "Missing required field: 'image'", "image"),
     ("two images", P, {"image": [png_bytes(64, 64)], "image[]": [png_bytes(64, 64)]}, RULES,
-     "exactly one input image is supported (image or image[]), got 2", "image"),
+     "one image is edited at a time; got 2 (image or image[]): send one", "image"),
     ("two image[]", P, {"image[]": [png_bytes(64, 64), png_bytes(64, 64)]}, RULES,
-     "exactly one input image is supported (image or image[]), got 2", "image"),
+     "one image is edited at a time; got 2 (image or image[]): send one", "image"),
     ("two masks", P, {"image": [png_bytes(64, 64)], "mask": [png_bytes(64, 64)] * 2}, RULES,
      "exactly one mask is supported, got 2", "mask"),
     ("image as text", {**P, "image": "abc"}, {}, RULES, "image must be a file upload, not a text field", "image"),
     ("prompt as a file", {}, {"image": [png_bytes(64, 64)], "prompt": [b"x"]}, RULES,
      "prompt must be a text field, not a file upload", "prompt"),
-    ("unknown field", {**P, "background": "transparent"}, None, RULES, "Unhandled parameter: background",
-     "background"),
+    ("unknown field", {**P, "colour": "red"}, None, RULES, "Unhandled parameter: colour", "colour"),
+    ("background transparent", {**P, "background": "transparent"}, None, RULES,
+     "background transparent is not supported: this server draws opaque images (use auto or opaque)", "background"),
+    ("input_fidelity", {**P, "input_fidelity": "high"}, None, RULES, "input_fidelity is not supported by this "
+     "server: image-to-image follows the input as far as strength says; use strength", "input_fidelity"),
+    ("markup file", P, {"image": [png_bytes(64, 64)], "markup": [png_bytes(64, 64)]}, RULES,
+     "markup is not supported by this server: edits take an image and an optional mask", "markup"),
+    ("quality unknown", {**P, "quality": "ultra"}, None, RULES,
+     'quality must be one of auto, standard, medium, low, high, hd, xhigh, max, got "ultra"', "quality"),
     ("unknown file", P, {"image": [png_bytes(64, 64)], "reference": [b"x"]}, RULES, "Unhandled parameter: reference",
      "reference"),
     ("field twice", {**P, "n": ["1", "2"]}, None, RULES, "n is given 2 times; give it once", "n"),

@@ -37,7 +37,8 @@ def ok(response: requests.Response) -> dict[str, Any]:
 
 def images(response: requests.Response) -> list[np.ndarray]:
     body = ok(response)
-    assert set(body) == {"created", "data"} and isinstance(body["created"], int)
+    assert set(body) == {"created", "data", "rng_seed", "size", "quality", "output_format", "background"}
+    assert isinstance(body["created"], int) and isinstance(body["rng_seed"], int)
     return [pixels(item["b64_json"]) for item in body["data"]]
 
 
@@ -132,9 +133,13 @@ def direct_sd15() -> dict[str, Any]:
 ])
 def test_text_to_image_equals_openvino_genai(servers: Servers, direct_sd15: dict[str, Any],
                                              body: dict[str, Any]) -> None:
-    served = images(servers["sd15"].generate(body))
-    kwargs: dict[str, Any] = {"num_inference_steps": body["num_inference_steps"]}
-    for key in ("rng_seed", "guidance_scale", "negative_prompt"):
+    response = servers["sd15"].generate(body)
+    served = images(response)
+    # Without rng_seed the server draws one and says which.
+    kwargs: dict[str, Any] = {"num_inference_steps": body["num_inference_steps"],
+                              "rng_seed": response.json()["rng_seed"]}
+    assert kwargs["rng_seed"] == body.get("rng_seed", kwargs["rng_seed"])
+    for key in ("guidance_scale", "negative_prompt"):
         if key in body:
             kwargs[key] = body[key]
     if "n" in body:

@@ -29,15 +29,37 @@ def test_partial_steps_are_evenly_spaced_before_the_last(total: int, partials: i
 
 
 def test_event_shapes_follow_openai() -> None:
-    shape = StreamShape("image_edit", "64x32", "webp", 80)
+    shape = StreamShape("image_edit", "64x32", "webp", 80, quality="high", rng_seed=2**32 - 1)
     partial = shape.partial("AAAA", 1)
     assert partial.event == "image_edit.partial_image"
     body = json.loads(partial.data)
     assert body.pop("created_at") > 0
     assert body == {"type": "image_edit.partial_image", "b64_json": "AAAA", "partial_image_index": 1,
-                    "size": "64x32", "quality": "auto", "background": "opaque", "output_format": "webp"}
+                    "size": "64x32", "quality": "high", "background": "opaque", "output_format": "webp",
+                    "rng_seed": 2**32 - 1}
     done = json.loads(shape.completed("BBBB").data)
     assert done["type"] == "image_edit.completed" and done["b64_json"] == "BBBB" and "partial_image_index" not in done
+    assert done["rng_seed"] == 2**32 - 1 and "safety_identifier" not in done
+
+
+@pytest.mark.parametrize("prefix", ["image_generation", "image_edit"])
+def test_events_validate_against_the_openai_sdk_models(prefix: str) -> None:
+    from openai.types import (
+        ImageEditCompletedEvent,
+        ImageEditPartialImageEvent,
+        ImageGenCompletedEvent,
+        ImageGenPartialImageEvent,
+    )
+
+    models = {"image_generation": (ImageGenPartialImageEvent, ImageGenCompletedEvent),
+              "image_edit": (ImageEditPartialImageEvent, ImageEditCompletedEvent)}[prefix]
+    shape = StreamShape(prefix, "64x64", "png", None, quality="medium", rng_seed=7, safety_identifier="hash-1")
+    partial = models[0].model_validate_json(shape.partial("AAAA", 0).data)
+    completed = models[1].model_validate_json(shape.completed("BBBB").data)
+    assert (partial.partial_image_index, partial.background, partial.quality) == (0, "opaque", "medium")
+    assert (completed.b64_json, completed.size, completed.safety_identifier) == ("BBBB", "64x64", "hash-1")
+    assert completed.usage.total_tokens == 0
+    assert completed.model_extra == {"rng_seed": 7}
 
 
 def shape() -> StreamShape:
