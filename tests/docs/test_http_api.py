@@ -65,6 +65,7 @@ def files(folder: Path) -> dict[str, Path]:
 class Server:
     url: str
     files: dict[str, Path]
+    log: Path
 
     def post_json(self, route: str, body: str, *, key: str | None = KEY) -> requests.Response:
         headers = {"Content-Type": "application/json"}
@@ -103,7 +104,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with serving(["--config_path", "config.json", "--rest_port", "0", "--api_key_file", "key.txt",
                   "--max_request_size", str(MAX_REQUEST_SIZE), "--metrics_enable"], cwd=root, log=root / "server.log",
                  env={**os.environ, "PYTHONPATH": str(REPO)}, limit=STARTUP_LIMIT, stop_timeout=60) as served:
-        yield Server(served.url, files(root / "files"))
+        yield Server(served.url, files(root / "files"), root / "server.log")
 
 
 def with_size_step(message: str) -> str:
@@ -224,7 +225,10 @@ def test_generation_response_shape(server: Server) -> None:
         {"prompt": "a cat", "size": "64x64", "num_inference_steps": 1, "n": 2, "rng_seed": 7}))
     assert response.status_code == 200
     body = response.json()
-    assert sorted(body) == ["created", "data"] and isinstance(body["created"], int)
+    assert sorted(body) == ["background", "created", "data", "output_format", "quality", "rng_seed", "size"]
+    assert (body["rng_seed"], body["size"], body["quality"], body["output_format"], body["background"]) == (
+        7, "64x64", "medium", "png", "opaque")
+    assert isinstance(body["created"], int)
     assert [sorted(item) for item in body["data"]] == [["b64_json"], ["b64_json"]]
     image = Image.open(io.BytesIO(base64.b64decode(body["data"][0]["b64_json"])))
     assert (image.format, image.size) == ("PNG", (64, 64))
@@ -263,13 +267,50 @@ def test_metrics_table_names_what_the_server_exports(server: Server) -> None:
         assert re.search(rf"^{name}(_bucket|_count|_sum)?[{{ ]", text, re.MULTILINE), name
 
 
-def test_rng_seed_default_repeats_and_a_seed_varies(server: Server) -> None:
-    def image(**extra: object) -> str:
+def test_without_rng_seed_each_request_draws_one_and_sending_it_back_reproduces(server: Server) -> None:
+    def generate(**extra: object) -> tuple[str, int]:
         body = {"prompt": "a cat", "size": "64x64", "num_inference_steps": 1, **extra}
         response = server.post_json("/v3/images/generations", json.dumps(body))
         assert response.status_code == 200
-        return str(response.json()["data"][0]["b64_json"])
+        return str(response.json()["data"][0]["b64_json"]), int(response.json()["rng_seed"])
 
-    assert "the model's (42)" in DOC
-    assert image() == image() == image(rng_seed=42)
-    assert image(rng_seed=1) != image(rng_seed=2)
+    assert "a fresh random seed" in DOC
+    (first, seed1), (second, seed2) = generate(), generate()
+    assert seed1 != seed2 and first != second
+    assert all(0 <= seed < 2**32 for seed in (seed1, seed2))
+    assert generate(rng_seed=seed1) == (first, seed1)
+    assert generate(rng_seed=1)[0] != generate(rng_seed=2)[0]
+
+
+def test_user_is_logged_and_echoed(server: Server) -> None:
+    response = server.post_json("/v3/images/generations", json.dumps(
+        {"prompt": "a cat", "size": "64x64", "num_inference_steps": 1, "user": 'docs-user "7"',
+         "quality": "standard", "background": "auto", "moderation": "low"}))
+    assert response.status_code == 200, response.text
+    assert response.json()["safety_identifier"] == 'docs-user "7"'
+    assert response.json()["quality"] == "medium"
+    request_id = response.headers["x-request-id"]
+    lines = [line for line in server.log.read_text().splitlines() if f"request {request_id} " in line]
+    assert len(lines) == 1 and lines[0].endswith(' user="docs-user \\"7\\""'), lines
+
+
+def sdk_fields(module: object) -> set[str]:
+    """The parameters of an SDK request TypedDict module: the base class's, plus ``stream``."""
+    base = next(v for k, v in vars(module).items() if k.endswith("ParamsBase"))
+    streaming = next(v for k, v in vars(module).items() if k.endswith("ParamsNonStreaming"))
+    return set(base.__annotations__) | set(streaming.__annotations__)
+
+
+def test_compatibility_table_lists_every_sdk_field_and_what_the_server_does() -> None:
+    from openai.types import image_edit_params, image_generate_params
+
+    from calculators.image_gen.request import FIELDS, FILE_FIELDS, UNSUPPORTED
+
+    section = DOC[DOC.index("## OpenAI SDK compatibility"):DOC.index("## Status codes")]
+    rows = re.findall(r"^\| `(\w+)` \|\s*(yes)?\s*\|\s*(yes)?\s*\| (.+) \|$", section, re.MULTILINE)
+    assert len({name for name, *_ in rows}) == len(rows)
+    assert {name for name, gen, _, _ in rows if gen} == sdk_fields(image_generate_params)
+    assert {name for name, _, edit, _ in rows if edit} == sdk_fields(image_edit_params)
+    refused = {name for name, _, _, what in rows if what.startswith("Refused")}
+    assert refused == set(UNSUPPORTED)
+    assert all(name in FIELDS or name in FILE_FIELDS for name, *_ in rows if name not in refused)
