@@ -91,6 +91,17 @@ def test_triangles_are_told_from_other_shapes(drawn: list[Any]) -> None:
     assert right >= TRIANGLE_ACCURACY, right
 
 
+def test_a_size_the_model_cannot_draw_is_refused_naming_the_largest(server: ThreadedServer) -> None:
+    doc = (REPO / "docs" / "demo-model.md").read_text(encoding="utf-8")
+    response = requests.post(f"{server.url}/v3/images/generations", timeout=300,
+                             json={"model": "shapes", "prompt": "a red circle on a white background", "size": "512x512"})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "size"
+    message = response.json()["error"]["message"]
+    assert message == f"requested resolution 512x512 exceeds max_resolution {SIZE}x{SIZE}"
+    assert f"`{message}`" in doc
+
+
 def test_image_to_image_recolours_a_red_square_blue(server: ThreadedServer) -> None:
     image = edit(server, {"image": red_square()}, model="shapes", prompt="a blue circle on a black background",
                  strength=0.8, rng_seed=1)
