@@ -93,8 +93,8 @@ def test_triangles_are_told_from_other_shapes(drawn: list[Any]) -> None:
 
 def test_a_size_the_model_cannot_draw_is_refused_naming_the_largest(server: ThreadedServer) -> None:
     doc = (REPO / "docs" / "demo-model.md").read_text(encoding="utf-8")
-    response = requests.post(f"{server.url}/v3/images/generations", timeout=300,
-                             json={"model": "shapes", "prompt": "a red circle on a white background", "size": "512x512"})
+    body = {"model": "shapes", "prompt": "a red circle on a white background", "size": "512x512"}
+    response = requests.post(f"{server.url}/v3/images/generations", json=body, timeout=300)
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "size"
     message = response.json()["error"]["message"]

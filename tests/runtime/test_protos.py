@@ -31,6 +31,7 @@ def test_image_gen_options_match_spec_section_4() -> None:
         "max_num_images_per_prompt": 6, "default_num_inference_steps": 7, "max_num_inference_steps": 8,
         "resolution": 9, "num_images_per_prompt": 10, "guidance_scale": 11, "lora_adapters": 12,
         "composite_lora_adapters": 13,
+        "default_rng_seed": 1001,  # ovms-graph's own, numbered away from OVMS's fields
     }
     opts = ig.ImageGenCalculatorOptions()
     assert (opts.max_resolution, opts.max_num_images_per_prompt, opts.default_num_inference_steps,
@@ -42,6 +43,7 @@ def test_image_gen_options_match_spec_section_4() -> None:
     assert fields["num_images_per_prompt"].type == FieldDescriptor.TYPE_INT64
     assert fields["guidance_scale"].type == FieldDescriptor.TYPE_FLOAT
     assert fields["max_num_images_per_prompt"].type == FieldDescriptor.TYPE_UINT64
+    assert fields["default_rng_seed"].type == FieldDescriptor.TYPE_UINT64
     assert fields["models_path"].is_required
 
 
