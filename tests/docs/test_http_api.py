@@ -280,6 +280,9 @@ def test_without_rng_seed_each_request_draws_one_and_sending_it_back_reproduces(
     assert all(0 <= seed < 2**32 for seed in (seed1, seed2))
     assert generate(rng_seed=seed1) == (first, seed1)
     assert generate(rng_seed=1)[0] != generate(rng_seed=2)[0]
+    # Why drawn seeds stop at 2**32: OpenVINO GenAI uses only a seed's low 32 bits.
+    assert "low 32 bits" in DOC
+    assert generate(rng_seed=seed1 + 2**32)[0] == first
 
 
 def test_user_is_logged_and_echoed(server: Server) -> None:
