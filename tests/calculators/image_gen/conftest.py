@@ -28,6 +28,7 @@ GRAPHS: dict[str, tuple[str, tuple[str, ...]]] = {
                          "default_num_inference_steps: 2", "max_num_inference_steps: 1000000")),
     "sd15-default": ("sd15", (f"plugin_config: '{F32}'", 'default_resolution: "32x48"',
                               "default_num_inference_steps: 1")),
+    "sd15-seeded": ("sd15", (f"plugin_config: '{F32}'", "default_num_inference_steps: 1", "default_rng_seed: 99")),
     "sd15-static": ("sd15", (f"plugin_config: '{F32}'", 'resolution: "32x32"', "num_images_per_prompt: 2",
                              "guidance_scale: 3.0", "default_num_inference_steps: 2")),
     "sd15-inpaint": ("sd15-inpaint", (f"plugin_config: '{F32}'", "default_num_inference_steps: 2")),

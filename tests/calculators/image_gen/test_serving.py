@@ -420,3 +420,13 @@ def test_request_waiting_for_a_set_can_be_cancelled(servers: Servers) -> None:
         resources.pool.release(held)
     assert [type(e).__name__ for e in outcome] == ["RequestCancelled"]
     assert resources.pool.available == 1
+
+
+def test_a_graph_default_rng_seed_makes_requests_without_a_seed_repeatable(servers: Servers) -> None:
+    server = servers["sd15-seeded"]
+    body = {"prompt": "a cat", "size": "32x32"}
+    first, second = ok(server.generate(body)), ok(server.generate(body))
+    assert first["rng_seed"] == second["rng_seed"] == 99
+    assert first["data"] == second["data"]
+    own = ok(server.generate({**body, "rng_seed": 100}))
+    assert own["rng_seed"] == 100 and own["data"] != first["data"]
