@@ -36,6 +36,7 @@ class ServerOptions:
     max_queued_requests: int = 32
     max_request_size: int = 64 * 1024 * 1024
     shutdown_timeout: float = 30.0
+    drain_delay: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,17 @@ def _float(flag: str):  # type: ignore[no-untyped-def]
     return parse
 
 
+def _non_negative_float(flag: str):  # type: ignore[no-untyped-def]
+    finite = _float(flag)
+
+    def parse(value: str) -> float:
+        number: float = finite(value)
+        if number < 0:
+            raise argparse.ArgumentTypeError(f"{flag} expects a non-negative number, got {value!r}")
+        return number
+    return parse
+
+
 def _device(value: str) -> str:
     parts = value.split()
     if len(parts) not in (1, 3) or any(p not in DEVICES for p in parts):
@@ -128,6 +140,9 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
                    help="largest accepted request body in bytes (default 67108864)")
     g.add_argument("--shutdown_timeout", type=_float("--shutdown_timeout"), default=30.0,
                    help="seconds in-flight requests may take after SIGTERM (default 30)")
+    g.add_argument("--drain_delay", type=_non_negative_float("--drain_delay"), default=5.0,
+                   help="seconds after SIGTERM that new requests are still served while readiness is "
+                        "already false, so load balancers stop routing first (default 5; SIGINT skips it)")
 
 
 def _add_common_flags(p: argparse.ArgumentParser) -> None:
@@ -184,7 +199,7 @@ def server_options(ns: argparse.Namespace) -> ServerOptions:
     return ServerOptions(rest_port=ns.rest_port, rest_bind_address=ns.rest_bind_address, log_level=ns.log_level,
                          api_key_file=ns.api_key_file, metrics_enable=ns.metrics_enable,
                          max_queued_requests=ns.max_queued_requests, max_request_size=ns.max_request_size,
-                         shutdown_timeout=ns.shutdown_timeout)
+                         shutdown_timeout=ns.shutdown_timeout, drain_delay=ns.drain_delay)
 
 
 def pull_options(ns: argparse.Namespace) -> PullOptions:

@@ -130,6 +130,7 @@ def create_app(entries: Sequence[GraphEntry], options: ServerOptions | None = No
     app.add_routes(routes)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_on_shutdown)
+    app.on_response_prepare.append(_close_in_lame_duck)
     return app
 
 
@@ -158,6 +159,14 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 async def _on_shutdown(app: web.Application) -> None:
     app[SERVING].begin_shutdown()
+
+
+async def _close_in_lame_duck(request: web.Request, response: web.StreamResponse) -> None:
+    """In the lame duck every answer closes its connection, so a proxy's kept-alive connections are gone
+    before intake stops and its next request opens a connection to a ready replica."""
+    if request.app[SERVING].lame_duck:
+        response.force_close()
+        response.headers["Connection"] = "close"
 
 
 # ----- middlewares -----
@@ -561,6 +570,10 @@ async def _metrics(request: web.Request) -> web.Response:
 def run_serve(config_path: Path | None, pull_options: PullOptions | None, server_options: ServerOptions) -> int:
     """Serve until SIGTERM/SIGINT; the process exit status.
 
+    SIGTERM on a ready server first starts the lame duck (readiness false, requests still served, each
+    answer closing its connection) for ``--drain_delay`` seconds; a second SIGTERM or a SIGINT ends it.
+    SIGINT skips it. Then intake stops and running requests get ``--shutdown_timeout`` to finish.
+
     With ``pull_options`` (``serve --source_model``) the model is pulled first
     (``ovms_graph.pull.pull_model``) and the graph it wrote is served. 0 after a clean shutdown;
     2 when the configuration, a graph, a flag or the API key file is unusable (every problem is
@@ -589,6 +602,16 @@ def run_serve(config_path: Path | None, pull_options: PullOptions | None, server
     return asyncio.run(_serve(app, server_options))
 
 
+async def _lame_duck(signals: asyncio.Queue[signal.Signals], delay: float) -> None:
+    """Serve on, not ready, for ``delay`` seconds or until the next SIGTERM or SIGINT."""
+    log.info("SIGTERM received: readiness off, still serving new requests for %.1f s (--drain_delay); "
+             "a second SIGTERM or a SIGINT drains at once", delay)
+    try:
+        await asyncio.wait_for(signals.get(), timeout=delay)
+    except TimeoutError:
+        pass
+
+
 def _print_problems(exc: ConfigError) -> None:
     for problem in exc.problems:
         print(problem, file=sys.stderr)
@@ -609,11 +632,11 @@ async def _serve(app: web.Application, options: ServerOptions) -> int:
     for address in runner.addresses:
         log.info("listening on http://%s:%s", *address[:2])
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
     serving = app[SERVING]
-    stopping = asyncio.create_task(stop.wait())
+    stopping = asyncio.create_task(signals.get())
     loading = asyncio.create_task(serving.wait_loaded())
     await asyncio.wait({stopping, loading}, return_when=asyncio.FIRST_COMPLETED)
     status = 0
@@ -622,7 +645,9 @@ async def _serve(app: web.Application, options: ServerOptions) -> int:
         print("error: the models failed to load; exiting", file=sys.stderr)
         status = 1 if serving.internal_error else 2
     else:
-        await stopping
+        received = await stopping
+        if received is signal.SIGTERM and options.drain_delay > 0 and serving.enter_lame_duck():
+            await _lame_duck(signals, options.drain_delay)
         log.info("signal received: readiness off, draining for up to %.1f s", options.shutdown_timeout)
     serving.begin_shutdown()
     await runner.cleanup()

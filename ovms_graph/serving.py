@@ -4,7 +4,8 @@
 (off the event loop), builds the routing table of model names (graph names and the aliases
 calculators registered at load), admits requests per graph (at most ``concurrency`` running, at most
 ``max_queued`` waiting, 503 at once beyond that), runs them in a bounded thread pool and, at
-shutdown, waits for running requests before closing the graphs' resources.
+shutdown, waits for running requests before closing the graphs' resources. Between SIGTERM and the
+drain it can be a lame duck: not ready, yet still serving (see ``--drain_delay``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ RETRY_BUSY = 1
 class State(enum.Enum):
     LOADING = "loading"
     READY = "ready"
+    #: After SIGTERM, before the drain: readiness is false but requests are still served.
+    LAME_DUCK = "lame_duck"
     FAILED = "failed"
     STOPPING = "stopping"
 
@@ -195,6 +198,19 @@ class Serving:
         self.executor = ThreadPoolExecutor(max_workers=max(2, min(MAX_WORKERS, workers)),
                                            thread_name_prefix="ovms-graph")
 
+    @property
+    def lame_duck(self) -> bool:
+        return self.state is State.LAME_DUCK
+
+    def enter_lame_duck(self) -> bool:
+        """Readiness turns false at once while new requests are still served, so load balancers stop
+        routing here before intake stops. Only a READY server enters it; whether it did."""
+        if self.state is not State.READY:
+            return False
+        self.state = State.LAME_DUCK
+        self.metrics.ready.set(0)
+        return True
+
     def begin_shutdown(self) -> None:
         """Readiness turns false and new requests get 503; running ones continue."""
         if self.state is not State.STOPPING:
@@ -226,8 +242,8 @@ class Serving:
 
     # ----- requests -----
     def check_available(self) -> None:
-        """Raise 503 unless the server accepts requests."""
-        if self.state is State.READY:
+        """Raise 503 unless the server accepts requests (ready, or in the lame duck after SIGTERM)."""
+        if self.state in (State.READY, State.LAME_DUCK):
             return
         if self.state is State.LOADING:
             raise ServiceUnavailable("models are still loading; retry later", retry_after=RETRY_LOADING,

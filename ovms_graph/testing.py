@@ -136,9 +136,12 @@ class ServerProcess:
 
     @classmethod
     def start(cls, args: Sequence[str], *, cwd: Path, env: Mapping[str, str] | None = None,
-              command: Sequence[str] | None = None, log: Path | None = None) -> ServerProcess:
+              command: Sequence[str] | None = None, log: Path | None = None,
+              drain_delay: float | None = 0.0) -> ServerProcess:
         """Run ``[*command, "serve", *args]`` in ``cwd`` and return at once (not yet listening).
 
+        ``--drain_delay`` is added (default 0: SIGTERM drains at once, as tests want) unless ``args``
+        already give it or ``drain_delay`` is None.
         ``command`` defaults to the ``ovms-graph`` script next to ``sys.executable``. ``env``
         replaces the environment, as in ``subprocess.Popen`` (None inherits this process's).
         ``log`` defaults to a new ``ovms-graph-serve-*.log`` file in ``cwd``.
@@ -147,6 +150,8 @@ class ServerProcess:
             command = (str(Path(sys.executable).parent / "ovms-graph"),)
         if log is None:
             log = cwd / f"ovms-graph-serve-{time.monotonic_ns()}.log"
+        if drain_delay is not None and not any(a.split("=")[0] == "--drain_delay" for a in args):
+            args = [*args, "--drain_delay", str(drain_delay)]
         with log.open("wb") as out:
             process = subprocess.Popen([*command, "serve", *args], stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
                                        env=None if env is None else dict(env))
@@ -233,12 +238,12 @@ class ServerProcess:
 @contextlib.contextmanager
 def serving(args: Sequence[str], *, cwd: Path, env: Mapping[str, str] | None = None,
             command: Sequence[str] | None = None, log: Path | None = None, limit: float = 600.0,
-            stop_timeout: float = 600.0) -> Iterator[ServerProcess]:
+            stop_timeout: float = 600.0, drain_delay: float | None = 0.0) -> Iterator[ServerProcess]:
     """:meth:`ServerProcess.start`, wait ready (``limit``), yield, then :meth:`ServerProcess.stop`.
 
     The exit code is ``server.process.returncode`` after the block.
     """
-    server = ServerProcess.start(args, cwd=cwd, env=env, command=command, log=log)
+    server = ServerProcess.start(args, cwd=cwd, env=env, command=command, log=log, drain_delay=drain_delay)
     try:
         server.wait_ready(limit)
         yield server

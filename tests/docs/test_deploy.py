@@ -214,13 +214,29 @@ def test_kserve_runtime_reads_the_storage_initializer_folder() -> None:
     assert str(parse(runtime.argv).config_path).startswith("/mnt/models/")
 
 
-def test_deployment_outlives_its_drain() -> None:
-    (deployment,) = by_kind("Deployment")
-    pod = deployment["spec"]["template"]["spec"]
-    (container,) = [c for c in serving(CONTAINERS) if c.owner is deployment]
-    pre_stop = container.spec.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", ["sleep", "0"])
+def grace_periods(container: Container) -> list[int]:
+    """The terminationGracePeriodSeconds of every pod that runs ``container``."""
+    if container.owner["kind"] == "ServingRuntime":
+        return [isvc["spec"]["predictor"]["terminationGracePeriodSeconds"] for isvc in by_kind("InferenceService")
+                if isvc["spec"]["predictor"]["model"]["runtime"] == container.owner["metadata"]["name"]]
+    return [container.pod["terminationGracePeriodSeconds"]]
+
+
+@pytest.mark.parametrize("container", serving(CONTAINERS), ids=lambda c: c.where)
+def test_pods_outlive_their_drain(container: Container) -> None:
+    pre_stop = container.spec["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
-    assert pod["terminationGracePeriodSeconds"] > parse(container.argv).shutdown_timeout + float(pre_stop[1])
+    ns = parse(container.argv)
+    periods = grace_periods(container)
+    assert periods
+    for grace in periods:
+        assert grace > float(pre_stop[1]) + ns.drain_delay + ns.shutdown_timeout
+
+
+@pytest.mark.parametrize("container", serving(CONTAINERS), ids=lambda c: c.where)
+def test_readiness_drops_out_of_rotation_within_the_lame_duck(container: Container) -> None:
+    probe = container.spec["readinessProbe"]
+    assert probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3) <= parse(container.argv).drain_delay
 
 
 # ----- objects refer to each other -----
