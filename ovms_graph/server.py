@@ -28,7 +28,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import aclosing
+from contextlib import aclosing, suppress
 from pathlib import Path
 from typing import Any
 
@@ -606,10 +606,8 @@ async def _lame_duck(signals: asyncio.Queue[signal.Signals], delay: float) -> No
     """Serve on, not ready, for ``delay`` seconds or until the next SIGTERM or SIGINT."""
     log.info("SIGTERM received: readiness off, still serving new requests for %.1f s (--drain_delay); "
              "a second SIGTERM or a SIGINT drains at once", delay)
-    try:
+    with suppress(TimeoutError):
         await asyncio.wait_for(signals.get(), timeout=delay)
-    except TimeoutError:
-        pass
 
 
 def _print_problems(exc: ConfigError) -> None:
