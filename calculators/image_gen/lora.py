@@ -529,16 +529,15 @@ class LoraPlan:
         ``lora_alphas`` the request's raw value (None when absent). Validates first (BadRequest,
         param ``lora_alphas``), so call it before taking a pipeline set from the pool.
 
-        The ``adapters`` configuration lists exactly the adapters the request activates, in
-        application order, so a set's adapter state is fully determined by the request: no
-        cross-talk between requests or between sets. (Listing every registered adapter with the
-        inactive ones at alpha 0 gives the same pixels but runs every adapter's matrices: about 10
-        % slower on the tiny model.) It ends with an empty marker adapter, one object per distinct
-        configuration, so that any change reloads the set's adapter state in full. OpenVINO GenAI
-        2026.4 has two bugs on the cheaper alphas-only path this avoids: it notices an alpha change
-        only when the last adapter's alpha changes (``compare_configs`` in lora/adapter.cpp), so a
-        request could silently run with the previous request's alphas; and with fewer adapters than
-        were registered it fails with "Tensor was not initialized".
+        The ``adapters`` configuration is :meth:`request_order`: every registered DYNAMIC adapter,
+        the active ones first in application order (a composite's components as listed), the
+        inactive ones after them at alpha 0, then an empty marker adapter, one object per distinct
+        configuration, so that any change reloads the set's adapter state in full. Listing only the
+        active adapters is cheaper but wrong in OpenVINO GenAI 2026.4: at bf16, derived pipelines
+        sharing weights return all-black images after a switch (see docs/lora.md). The marker
+        avoids two more bugs on the alphas-only path: an alpha change is noticed only when the last
+        adapter's alpha changes (``compare_configs`` in lora/adapter.cpp), and with fewer adapters
+        than were registered it fails with "Tensor was not initialized".
         """
         alphas = self.resolve_alphas(model_name, lora_alphas)
         if not self.dynamic:
@@ -547,27 +546,36 @@ class LoraPlan:
 
         return {"adapters": openvino_genai.AdapterConfig(self._dynamic_pairs(self._adapters(), alphas))}
 
-    def _dynamic_pairs(self, ov: Mapping[str, Any], alphas: Mapping[str, float]) -> list[tuple[Any, float]]:
+    def request_order(self, alphas: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
+        """The DYNAMIC adapters one request passes to ``generate``, as (alias, alpha) pairs: the
+        active ones (``alphas``, in application order) first, then every other registered DYNAMIC
+        adapter in ``lora_adapters`` order at alpha 0. Pure; alphas are rounded to float32."""
         active = tuple((alias, _as_float32(alpha)) for alias, alpha in alphas.items())
-        pairs = self._fixed_fused(ov) + [(ov[alias], alpha) for alias, alpha in active]
-        return [*pairs, (self._marker(active), 0.0)]
+        rest = tuple((a.alias, 0.0) for a in self.dynamic if a.alias not in alphas)
+        return active + rest
 
-    def _marker(self, active: tuple[tuple[str, float], ...]) -> Any:
-        """The empty marker adapter of one configuration: the same object for the same
-        configuration, a distinct one for every other (the base uses the one registered at compile
-        time). A changed marker makes OpenVINO GenAI reload the adapter state in full."""
-        if not active:
+    def _dynamic_pairs(self, ov: Mapping[str, Any], alphas: Mapping[str, float]) -> list[tuple[Any, float]]:
+        order = self.request_order(alphas)
+        pairs = self._fixed_fused(ov) + [(ov[alias], alpha) for alias, alpha in order]
+        return [*pairs, (self.marker(order), 0.0)]
+
+    def marker(self, order: tuple[tuple[str, float], ...]) -> Any:
+        """The empty marker adapter of one configuration (a :meth:`request_order` value): the same
+        object for the same configuration, a distinct one for every other; the base (every alpha 0
+        in registration order) uses the one registered at compile time. A changed marker makes
+        OpenVINO GenAI reload the adapter state in full."""
+        if order == self.request_order({}):
             return self._adapters()[_SENTINEL]
         with self._fp_lock:
-            known = self._markers.get(active)
+            known = self._markers.get(order)
             if known is not None:
-                self._markers.move_to_end(active)
+                self._markers.move_to_end(order)
                 return known
         import openvino_genai
 
         marker = openvino_genai.Adapter(_empty_safetensors())
         with self._fp_lock:
-            marker = self._markers.setdefault(active, marker)
+            marker = self._markers.setdefault(order, marker)
             if len(self._markers) > _MARKER_CACHE:
                 self._markers.popitem(last=False)
             return marker
