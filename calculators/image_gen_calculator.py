@@ -159,6 +159,14 @@ class ImageGenCalculator(Calculator):
         return issues
 
     @classmethod
+    def declared_aliases(cls, node: NodeSpec, options: Message | None, ctx: LoadContext) -> Iterable[str]:
+        """Every LoRA adapter and composite alias, FUSE and STATIC ones included (all count toward
+        uniqueness across graphs)."""
+        typed = options if isinstance(options, ImageGenCalculatorOptions) else None
+        plan = LoraPlan.from_options(typed, ctx)
+        return [a.alias for a in plan.adapters] + [c.alias for c in plan.composites]
+
+    @classmethod
     def create_resources(cls, node: NodeSpec, options: Message | None, ctx: LoadContext) -> ImageGenResources:
         """Read the model type, build the pool of pipeline sets, register LoRA aliases."""
         typed = options if isinstance(options, ImageGenCalculatorOptions) else None

@@ -174,6 +174,12 @@ class Calculator:
         return ()
 
     @classmethod
+    def declared_aliases(cls, node: NodeSpec, options: Message | None, ctx: LoadContext) -> Iterable[str]:
+        """Every alias ``create_resources`` would register (routable or not), read from the options
+        alone, so ``validate`` checks aliases across graphs without loading anything."""
+        return ()
+
+    @classmethod
     def create_resources(cls, node: NodeSpec, options: Message | None, ctx: LoadContext) -> Any:
         """Build the node's heavy resources once; only called after ``check_options`` found nothing."""
         return None

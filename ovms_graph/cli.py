@@ -16,9 +16,8 @@ from pathlib import Path
 
 from ovms_graph.config import GraphEntry, load_config
 from ovms_graph.errors import ConfigError, Problem
-from ovms_graph.graph import load_spec
 from ovms_graph.registry import Registry
-from ovms_graph.validation import validate_graph
+from ovms_graph.validation import validate_entries
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR")
 DEVICES = ("CPU", "GPU", "NPU")
@@ -231,18 +230,14 @@ def validate(path: Path, registry: Registry, out: object = sys.stdout) -> int:
         for p in exc.problems:
             print(p, file=sys.stderr)
         return 2
-    failed = False
-    for entry in entries:
-        try:
-            spec = load_spec(entry.graph_path, registry)
-            problems = validate_graph(spec, registry, graph_name=entry.name)
-        except ConfigError as exc:
-            problems = exc.problems
-        if problems:
-            failed = True
-            for p in problems:
-                print(p, file=sys.stderr)
-        else:
+    check = validate_entries(entries, registry)
+    problems = check.all_problems
+    for p in problems:
+        print(p, file=sys.stderr)
+    failed = bool(problems)
+    named = {p.file for p in problems}
+    for entry, spec in check.valid:
+        if str(entry.graph_path) not in named:
             calcs = ", ".join(sorted({n.calculator for n in spec.nodes}))
             print(f"{entry.graph_path}: graph \"{entry.name}\" is valid: {len(spec.nodes)} node(s) ({calcs})",
                   file=out)  # type: ignore[call-overload]

@@ -3,7 +3,9 @@
 What a pull guarantees:
 
 * Every flag is checked (graph options, ``--source_loras`` grammar, local LoRA files) before anything
-  is downloaded; such problems raise :class:`UsageError` (exit status 2) naming the flag.
+  is downloaded; such problems raise :class:`UsageError` (exit status 2) naming the flag. What depends
+  on what the Hub or a URL holds (a file that is not in the repository, a repository that is not an
+  image generation model) is a :class:`FetchError` (exit status 1), like any failed download.
 * The model lands in ``<model_repository_path>/<source_model>/``. It is downloaded into a hidden
   sibling folder (``.<name>.download``) and renamed into place only when complete, so an interrupted
   pull never leaves a folder that passes for a whole model; the next pull resumes the download.
@@ -224,27 +226,27 @@ def _install(staging: Path, target: Path) -> None:
     _remove(old)
 
 
-def _no_model_index(source: str) -> UsageError:
-    return UsageError(f"--source_model {source}: not an image generation model: the repository has no "
+def _no_model_index(source: str) -> FetchError:
+    return FetchError(f"--source_model {source}: not an image generation model: the repository has no "
                       "model_index.json (--task image_generation needs a diffusers pipeline, e.g. "
                       "OpenVINO/stable-diffusion-v1-5-int8-ov)")
 
 
 def _check_pipeline(model_index: Path, source: str) -> str:
-    """The pipeline class named by ``model_index``; UsageError when it is not an image generation model."""
+    """The pipeline class named by ``model_index``; FetchError when it is not an image generation model."""
     what = f"--source_model {source}"
     if not model_index.is_file():
         raise _no_model_index(source)
     try:
         data = json.loads(model_index.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{what}: model_index.json is not valid JSON ({_first_line(exc)})") from exc
+        raise FetchError(f"{what}: model_index.json is not valid JSON ({_first_line(exc)})") from exc
     name = data.get("_class_name") if isinstance(data, dict) else None
     if not isinstance(name, str):
-        raise UsageError(f"{what}: not an image generation model: model_index.json names no pipeline "
+        raise FetchError(f"{what}: not an image generation model: model_index.json names no pipeline "
                          "(_class_name)")
     if name not in IMAGE_GENERATION_PIPELINES:
-        raise UsageError(f"{what}: not an image generation model: model_index.json names pipeline '{name}', "
+        raise FetchError(f"{what}: not an image generation model: model_index.json names pipeline '{name}', "
                          "which OpenVINO GenAI does not serve for image generation (supported: "
                          f"{', '.join(sorted(IMAGE_GENERATION_PIPELINES))})")
     return name
@@ -385,12 +387,12 @@ def _resolve_hf_lora(adapter: LoraAdapterSource, hub: _Hub) -> str:
         if adapter.filename in files:
             return adapter.filename
         listed = ", ".join(candidates) or "none"
-        raise UsageError(f"{what}: repository {adapter.source} has no file '{adapter.filename}' "
+        raise FetchError(f"{what}: repository {adapter.source} has no file '{adapter.filename}' "
                          f"(.safetensors files: {listed})")
     if not candidates:
-        raise UsageError(f"{what}: repository {adapter.source} has no .safetensors file")
+        raise FetchError(f"{what}: repository {adapter.source} has no .safetensors file")
     if len(candidates) > 1:
-        raise UsageError(f"{what}: repository {adapter.source} has several .safetensors files: "
+        raise FetchError(f"{what}: repository {adapter.source} has several .safetensors files: "
                          f"{', '.join(candidates)}. Name one: {adapter.alias}={adapter.source}@<file>")
     return candidates[0]
 

@@ -13,19 +13,20 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import re
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from ovms_graph.aliases import GraphAliases, cross_graph_problems
 from ovms_graph.calculator import RequestContext
 from ovms_graph.config import GraphEntry
 from ovms_graph.errors import BadRequest, ConfigError, NotFound, Problem, RequestError, ServiceUnavailable
 from ovms_graph.graph import Graph
 from ovms_graph.metrics import Metrics
 from ovms_graph.registry import Registry
+from ovms_graph.validation import validate_entries
 
 log = logging.getLogger("ovms_graph.serving")
 
@@ -34,7 +35,6 @@ RESPONSE_TAG = "HTTP_RESPONSE_PAYLOAD"
 #: Requests a graph runs at once when none of its calculators states a limit.
 DEFAULT_GRAPH_CONCURRENCY = 4
 MAX_WORKERS = 64
-ALIAS_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 #: Seconds a client is told to wait (Retry-After) when the server is loading or busy.
 RETRY_LOADING = 5
 RETRY_BUSY = 1
@@ -162,6 +162,11 @@ class Serving:
         registry = self._registry_factory()
         graphs: list[Graph] = []
         problems: list[Problem] = []
+        # Aliases the options declare are checked before any pipeline is built: a config whose graphs
+        # clash is refused at once, with every other problem of its graphs.
+        check = validate_entries(self.entries, registry)
+        if check.clashes:
+            raise ConfigError(check.all_problems)
         for entry in self.entries:
             if self.state is State.STOPPING:
                 break
@@ -344,23 +349,6 @@ def _io_problems(entry: GraphEntry, graph: Graph) -> list[Problem]:
 
 def _name_problems(entries: Sequence[GraphEntry], graphs: list[Graph]) -> list[Problem]:
     """Aliases must match the alias grammar, be unique across every graph and differ from graph names."""
-    problems: list[Problem] = []
-    graph_names = {e.name for e in entries}
-    owners: dict[str, str] = {}
     files = {e.name: str(e.graph_path) for e in entries}
-    for graph in graphs:
-        for alias in graph.aliases:
-            file = files.get(graph.name)
-            if not ALIAS_RE.match(alias.name):
-                problems.append(Problem(f'alias "{alias.name}" of graph "{graph.name}" must match '
-                                        "[A-Za-z0-9._-]+", file=file))
-            elif alias.name in graph_names:
-                problems.append(Problem(f'alias "{alias.name}" of graph "{graph.name}" is also the name of a '
-                                        "graph; aliases must differ from graph names", file=file))
-            elif alias.name in owners:
-                other = owners[alias.name]
-                where = "twice in the same graph" if other == graph.name else f'also by graph "{other}"'
-                problems.append(Problem(f'alias "{alias.name}" of graph "{graph.name}" is registered {where}; '
-                                        "aliases must be unique across every graph served together", file=file))
-            owners.setdefault(alias.name, graph.name)
-    return problems
+    named = [GraphAliases(g.name, files.get(g.name), tuple(a.name for a in g.aliases)) for g in graphs]
+    return cross_graph_problems(named, graph_names=[e.name for e in entries])

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from ovms_graph.aliases import is_dot_name, is_valid_alias
+
 FLAG = "--source_loras"
-ALIAS_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 _NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 _REPO_PART_RE = re.compile(r"^[A-Za-z0-9_.-]{1,96}$")
 _DRIVE_RE = re.compile(r"^[A-Za-z]:[\\/]")
@@ -196,26 +197,29 @@ def _adapter(alias: str, source: str, entry: str, base_dir: Path) -> LoraAdapter
 def _composite(alias: str, source: str, entry: str) -> tuple[CompositeLoraSource, list[str]]:
     """The composite and its references (checked against the adapters by the caller)."""
     if source == "@":
-        raise SourceLorasError(f"Composite LoRA entry has no components: '{entry}'. "
+        raise SourceLorasError(f"Composite LoRA has no components in {FLAG} entry: '{entry}'. "
                                "Expected format: alias=@adapter[:alpha]+@adapter[:alpha]")
     components: list[CompositeComponentSource] = []
     for token in source.split("+"):
         if not token:
-            raise SourceLorasError(f"Empty composite LoRA component in entry: '{entry}'. "
+            raise SourceLorasError(f"Empty composite LoRA component in {FLAG} entry: '{entry}'. "
                                    "Components are separated by a single +")
         if not token.startswith("@"):
             raise SourceLorasError(
-                f"Invalid composite LoRA component '{token}' in entry: '{entry}'. Each component must start with @")
+                f"Invalid composite LoRA component '{token}' in {FLAG} entry: '{entry}'. "
+                "Each component must start with @")
         ref, colon, alpha_text = token[1:].partition(":")
         alpha: float | None = None
         if colon:
             alpha = parse_alpha(alpha_text)
             if alpha is None:
-                raise SourceLorasError(f"Invalid alpha '{alpha_text}' in composite LoRA component: '{token}'")
+                raise SourceLorasError(f"Invalid alpha '{alpha_text}' in composite LoRA component '{token}' "
+                                       f"in {FLAG} entry: '{entry}'")
         if not ref:
-            raise SourceLorasError(f"Empty adapter reference in composite LoRA component: '{token}'")
+            raise SourceLorasError(f"Empty adapter reference in composite LoRA component '{token}' "
+                                   f"in {FLAG} entry: '{entry}'")
         if any(c.adapter_alias == ref for c in components):
-            raise SourceLorasError(f"Composite LoRA '{alias}' lists adapter '{ref}' twice in entry: '{entry}'")
+            raise SourceLorasError(f"Composite LoRA '{alias}' lists adapter '{ref}' twice in {FLAG} entry: '{entry}'")
         components.append(CompositeComponentSource(ref, alpha))
     return CompositeLoraSource(alias, tuple(components), entry), [c.adapter_alias for c in components]
 
@@ -248,7 +252,11 @@ def parse_source_loras(text: str | None, *, device: str | None = None, base_dir:
         source = source.strip()
         if not eq or not alias:
             raise SourceLorasError(f"Missing alias in {FLAG} entry: '{entry}'. Expected format: alias=source")
-        if not ALIAS_RE.match(alias):
+        if is_dot_name(alias):
+            raise SourceLorasError(
+                f"Invalid LoRA alias '{alias}' in {FLAG} entry: '{entry}'. "
+                "Alias may not be '.' or '..': adapters are fetched into loras/<alias>/")
+        if not is_valid_alias(alias):
             raise SourceLorasError(
                 f"Invalid LoRA alias '{alias}' in {FLAG} entry: '{entry}'. "
                 "Alias must contain only alphanumeric characters, hyphens, underscores, or dots.")
@@ -271,17 +279,17 @@ def parse_source_loras(text: str | None, *, device: str | None = None, base_dir:
                 continue
             if ref in composite_aliases:
                 raise SourceLorasError(
-                    f"Composite LoRA references '{ref}', which is a composite, in entry: '{composite.entry}'. "
+                    f"Composite LoRA references '{ref}', which is a composite, in {FLAG} entry: '{composite.entry}'. "
                     "Components must be adapters")
             known = ", ".join(by_alias) or "none"
             raise SourceLorasError(
-                f"Composite LoRA references unknown adapter '{ref}' in entry: '{composite.entry}' "
+                f"Composite LoRA references unknown adapter '{ref}' in {FLAG} entry: '{composite.entry}' "
                 f"(known adapters: {known})")
         for component in composite.components:
             adapter = by_alias[component.adapter_alias]
             if _non_default(adapter.alpha) and _non_default(component.alpha):
                 raise SourceLorasError(
-                    f"LoRA adapter '{adapter.alias}' has alpha {adapter.alpha:g} in entry '{adapter.entry}' "
+                    f"LoRA adapter '{adapter.alias}' has alpha {adapter.alpha:g} in {FLAG} entry '{adapter.entry}' "
                     f"and composite '{composite.alias}' gives it alpha {component.alpha:g}. "
                     "Alpha must be specified at only one level: "
                     "either on the individual adapter or on the composite components, not both.")
@@ -304,5 +312,5 @@ def parse_source_loras(text: str | None, *, device: str | None = None, base_dir:
             if missing:
                 raise SourceLorasError(
                     f"NPU device compiles every LoRA adapter in (STATIC mode), so composite '{composite.alias}' "
-                    f"must list all of them; missing: {', '.join(missing)} in entry: '{composite.entry}'")
+                    f"must list all of them; missing: {', '.join(missing)} in {FLAG} entry: '{composite.entry}'")
     return SourceLoras(tuple(adapters), tuple(c for c, _ in composites))

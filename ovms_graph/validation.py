@@ -10,13 +10,17 @@ node options are of a type the calculator accepts; and each calculator's own ``c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.message import Message
 
+from ovms_graph.aliases import GraphAliases, cross_graph_problems
 from ovms_graph.calculator import Calculator, LoadContext, Port
-from ovms_graph.errors import Problem, RegistryError
-from ovms_graph.graph_config import GraphSpec, NodeSpec, StreamRef
+from ovms_graph.config import GraphEntry
+from ovms_graph.errors import ConfigError, Problem, RegistryError
+from ovms_graph.graph_config import GraphSpec, NodeSpec, StreamRef, parse_graph
 from ovms_graph.packets import HttpPayload, HttpResponse, ServerSentEvent
 from ovms_graph.registry import Registry
 
@@ -252,3 +256,52 @@ def validate_graph(spec: GraphSpec, registry: Registry, *, graph_name: str | Non
                 problems.append(spec.problem(issue.message, node=node, field=issue.field))
     problems.sort(key=lambda p: (p.line or 0))
     return problems
+
+
+def declared_aliases(spec: GraphSpec, registry: Registry, *, graph_name: str | None = None) -> tuple[str, ...]:
+    """The aliases the nodes of ``spec`` declare in their options, in node order (for a graph that
+    validated; a calculator that is not registered declares none)."""
+    ctx = LoadContext(graph_name or spec.file.parent.name, spec.file)
+    aliases: list[str] = []
+    for node in spec.nodes:
+        try:
+            calc = registry.get(node.calculator)
+        except RegistryError:
+            continue
+        opts = [o for o in node.options if isinstance(o, calc.options_types)]
+        aliases.extend(calc.declared_aliases(node, opts[0] if opts else None, ctx))
+    return tuple(aliases)
+
+
+@dataclass(frozen=True)
+class EntriesCheck:
+    """What :func:`validate_entries` found: the graphs valid on their own, each graph's own problems,
+    and the alias clashes between the valid graphs."""
+
+    valid: list[tuple[GraphEntry, GraphSpec]]
+    problems: list[Problem]
+    clashes: list[Problem]
+
+    @property
+    def all_problems(self) -> list[Problem]:
+        return self.problems + self.clashes
+
+
+def validate_entries(entries: Sequence[GraphEntry], registry: Registry) -> EntriesCheck:
+    """Every problem of every graph, and every alias clash between the valid ones: aliases declared
+    by their options must be unique across the graphs and differ from graph names (SPEC §9), each
+    clash naming both graphs. Loads no model."""
+    valid: list[tuple[GraphEntry, GraphSpec]] = []
+    problems: list[Problem] = []
+    for entry in entries:
+        try:
+            spec = parse_graph(entry.graph_path, registry.option_types())
+            found = validate_graph(spec, registry, graph_name=entry.name)
+        except ConfigError as exc:
+            found = list(exc.problems)
+        problems.extend(found)
+        if not found:
+            valid.append((entry, spec))
+    declared = [GraphAliases(e.name, str(e.graph_path), declared_aliases(s, registry, graph_name=e.name))
+                for e, s in valid]
+    return EntriesCheck(valid, problems, cross_graph_problems(declared, graph_names=[e.name for e in entries]))

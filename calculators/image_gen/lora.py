@@ -78,12 +78,12 @@ from typing import Any
 
 from calculators.image_gen.options import json_kind
 from calculators.protos.image_gen_calculator_pb2 import ImageGenCalculatorOptions, LoraLoadMode
+from ovms_graph.aliases import is_dot_name, is_valid_alias
 from ovms_graph.calculator import LoadContext, NodeIssue
 from ovms_graph.errors import BadRequest
 
 log = logging.getLogger("calculators.image_gen.lora")
 
-ALIAS_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 #: Prefix of every field this module reports (the runtime renders it after the node).
 FIELD_PREFIX = "node_options."
 #: Request field carrying per-request alpha overrides.
@@ -319,7 +319,10 @@ class LoraPlan:
             if not alias:
                 issue(f"{fld}.alias", f"{kind} alias is missing or empty")
                 continue
-            if not ALIAS_RE.match(alias):
+            if is_dot_name(alias):
+                issue(f"{fld}.alias", f'{kind} alias "{alias}" may not be "." or ".." (it would name a folder '
+                                      "outside loras/)")
+            elif not is_valid_alias(alias):
                 issue(f"{fld}.alias", f'{kind} alias "{alias}" may only contain letters, digits, ".", "_" and '
                                       "\"-\" ([A-Za-z0-9._-]+)")
             if alias == ctx.graph_name:

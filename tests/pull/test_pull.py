@@ -154,16 +154,17 @@ def test_a_failed_download_leaves_no_model(hub: FakeHub, tmp_path: Path, capsys:
     assert run_pull(pull_options(repo)) == 0
 
 
-def test_a_repository_that_is_not_an_image_generation_model_is_refused(hub: FakeHub, tmp_path: Path,
-                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_repository_that_is_not_an_image_generation_model_is_a_download_failure(
+        hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """SPEC §9: what depends on what the Hub holds exits 1, like other download failures."""
     hub.add_repo("tiny/video", {"model_index.json": b'{"_class_name": "LTXPipeline"}', "README.md": b"video"})
     repo = tmp_path / "models"
-    assert run_pull(pull_options(repo, source_model="tiny/not-a-pipeline")) == 2
+    assert run_pull(pull_options(repo, source_model="tiny/not-a-pipeline")) == 1
     assert capsys.readouterr().err == (
         "ovms-graph pull: error: --source_model tiny/not-a-pipeline: not an image generation model: the repository "
         "has no model_index.json (--task image_generation needs a diffusers pipeline, e.g. "
         "OpenVINO/stable-diffusion-v1-5-int8-ov)\n")
-    assert run_pull(pull_options(repo, source_model="tiny/video", task="image_generation")) == 2
+    assert run_pull(pull_options(repo, source_model="tiny/video", task="image_generation")) == 1
     err = capsys.readouterr().err
     assert err == ("ovms-graph pull: error: --source_model tiny/video: not an image generation model: "
                    "model_index.json names pipeline 'LTXPipeline', which OpenVINO GenAI does not serve for "
@@ -175,7 +176,7 @@ def test_a_repository_that_is_not_an_image_generation_model_is_refused(hub: Fake
 def test_a_present_folder_that_is_no_pipeline_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "models" / "org" / "llm").mkdir(parents=True)
     (tmp_path / "models" / "org" / "llm" / "config.json").write_text("{}")
-    assert run_pull(pull_options(tmp_path / "models", source_model="org/llm")) == 2
+    assert run_pull(pull_options(tmp_path / "models", source_model="org/llm")) == 1
     assert "--source_model org/llm: not an image generation model: the repository has no model_index.json" in \
         capsys.readouterr().err
 
@@ -273,22 +274,27 @@ def test_npu_adapters_are_static(hub: FakeHub, tmp_path: Path) -> None:
         'components { adapter_alias: "b" alpha: 0.4 } }']
 
 
-# (--source_loras, exit status, message after "ovms-graph pull: error: "); {files} is the file server
+# (--source_loras, exit status, message after "ovms-graph pull: error: "); {files} is the file server.
+# SPEC §9: grammar errors exit 2 naming the flag; what depends on what the Hub holds exits 1.
 LORA_FAILURES = [
-    (f"b={LORAS_REPO}", 2,
+    (f"b={LORAS_REPO}", 1,
      f"--source_loras entry 'b={LORAS_REPO}': repository {LORAS_REPO} has several .safetensors files: "
      f"lora_b.safetensors, styles/Outline Style.safetensors. Name one: b={LORAS_REPO}@<file>"),
-    (f"b={LORAS_REPO}@nope.safetensors", 2,
+    (f"b={LORAS_REPO}@nope.safetensors", 1,
      f"--source_loras entry 'b={LORAS_REPO}@nope.safetensors': repository {LORAS_REPO} has no file "
      "'nope.safetensors' (.safetensors files: lora_b.safetensors, styles/Outline Style.safetensors)"),
-    ("b=tiny/not-a-pipeline", 2,
+    ("b=tiny/not-a-pipeline", 1,
      "--source_loras entry 'b=tiny/not-a-pipeline': repository tiny/not-a-pipeline has no .safetensors file"),
     ("b=nobody/nothing", 1,
      "--source_loras entry 'b=nobody/nothing': repository not found on {hub} (a private or gated repository needs "
      "HF_TOKEN)"),
     ("a=tiny/lora-a:0.8,mix=@a:0.5", 2,
-     "LoRA adapter 'a' has alpha 0.8 in entry 'a=tiny/lora-a:0.8' and composite 'mix' gives it alpha 0.5. Alpha must "
-     "be specified at only one level: either on the individual adapter or on the composite components, not both."),
+     "LoRA adapter 'a' has alpha 0.8 in --source_loras entry 'a=tiny/lora-a:0.8' and composite 'mix' gives it alpha "
+     "0.5. Alpha must be specified at only one level: either on the individual adapter or on the composite "
+     "components, not both."),
+    ("..=tiny/lora-a", 2,
+     "Invalid LoRA alias '..' in --source_loras entry: '..=tiny/lora-a'. Alias may not be '.' or '..': adapters are "
+     "fetched into loras/<alias>/"),
 ]
 
 
@@ -349,7 +355,13 @@ def test_cli_exit_statuses(hub: FakeHub, tmp_path: Path) -> None:
     assert argparse_error.returncode == 2 and "--target_device" in argparse_error.stderr
     missing = run_cli("pull", "--source_model", "nobody/nothing", "--model_repository_path", str(tmp_path), env=env)
     assert missing.returncode == 1 and "repository not found" in missing.stderr
+    grammar = run_cli(*base, "--source_loras", "mix=@a:x", env=env)
+    assert (grammar.returncode, grammar.stderr) == (2, (
+        "ovms-graph pull: error: Invalid alpha 'x' in composite LoRA component '@a:x' in --source_loras entry: "
+        "'mix=@a:x'\n"))
     assert hub.calls("/api/models/OpenVINO") == []  # flag errors never reach the hub
+    not_in_repo = run_cli(*base, "--source_loras", f"b={LORAS_REPO}@nope.safetensors", env=env)
+    assert not_in_repo.returncode == 1 and "has no file 'nope.safetensors'" in not_in_repo.stderr
 
     ok = run_cli(*base, "--source_loras", f"a={LORA_REPO}", "--default_num_inference_steps", "2",
                  "--config_path", str(tmp_path / "config.json"), env=env)

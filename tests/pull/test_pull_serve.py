@@ -64,6 +64,6 @@ def test_serve_source_model_exit_statuses(hub: FakeHub, tmp_path: Path) -> None:
     bad = subprocess.run([*base, "--source_model", SD15_REPO, "--source_loras", "a=org/a,mix=@b"], cwd=REPO_ROOT,
                          env=env, capture_output=True, text=True, timeout=120, check=False)
     assert bad.returncode == 2
-    assert bad.stderr.endswith("Composite LoRA references unknown adapter 'b' in entry: 'mix=@b' "
+    assert bad.stderr.endswith("Composite LoRA references unknown adapter 'b' in --source_loras entry: 'mix=@b' "
                                "(known adapters: a)\n")
     assert hub.calls("/api/models/OpenVINO") == []

@@ -119,6 +119,18 @@ ERRORS = [
     ("pokémon=org/repo", None,
      "Invalid LoRA alias 'pokémon' in --source_loras entry: 'pokémon=org/repo'. Alias must contain only alphanumeric "
      "characters, hyphens, underscores, or dots."),
+    ("..=org/repo", None,  # an alias names the folder loras/<alias>/: no way out of it
+     "Invalid LoRA alias '..' in --source_loras entry: '..=org/repo'. Alias may not be '.' or '..': adapters are "
+     "fetched into loras/<alias>/"),
+    (".=org/repo", None,
+     "Invalid LoRA alias '.' in --source_loras entry: '.=org/repo'. Alias may not be '.' or '..': adapters are "
+     "fetched into loras/<alias>/"),
+    ("../x=org/repo", None,
+     "Invalid LoRA alias '../x' in --source_loras entry: '../x=org/repo'. Alias must contain only alphanumeric "
+     "characters, hyphens, underscores, or dots."),
+    ("a\\b=org/repo", None,
+     "Invalid LoRA alias 'a\\b' in --source_loras entry: 'a\\b=org/repo'. Alias must contain only alphanumeric "
+     "characters, hyphens, underscores, or dots."),
     ("p=org/repo:abc", None,
      "Invalid alpha value 'abc' in --source_loras entry: 'p=org/repo:abc'. Expected a number, e.g. p=org/repo:0.8"),
     ("p=org/repo:", None,
@@ -163,21 +175,27 @@ ERRORS = [
      "Duplicate LoRA alias 'a' in --source_loras entry: 'a=org/b'. Each alias must be unique."),
     ("a=org/a,a=@a", None, "Duplicate LoRA alias 'a' in --source_loras entry: 'a=@a'. Each alias must be unique."),
     ("a=org/a,mix=@a+@b", None,
-     "Composite LoRA references unknown adapter 'b' in entry: 'mix=@a+@b' (known adapters: a)"),
+     "Composite LoRA references unknown adapter 'b' in --source_loras entry: 'mix=@a+@b' (known adapters: a)"),
     ("a=org/a,m1=@a,m2=@m1", None,
-     "Composite LoRA references 'm1', which is a composite, in entry: 'm2=@m1'. Components must be adapters"),
+     "Composite LoRA references 'm1', which is a composite, in --source_loras entry: 'm2=@m1'. Components must be "
+     "adapters"),
     ("mix=@", None,
-     "Composite LoRA entry has no components: 'mix=@'. Expected format: alias=@adapter[:alpha]+@adapter[:alpha]"),
+     "Composite LoRA has no components in --source_loras entry: 'mix=@'. Expected format: "
+     "alias=@adapter[:alpha]+@adapter[:alpha]"),
     ("a=org/a,mix=@a+", None,
-     "Empty composite LoRA component in entry: 'mix=@a+'. Components are separated by a single +"),
+     "Empty composite LoRA component in --source_loras entry: 'mix=@a+'. Components are separated by a single +"),
     ("a=org/a,mix=@a+b", None,
-     "Invalid composite LoRA component 'b' in entry: 'mix=@a+b'. Each component must start with @"),
-    ("a=org/a,mix=@a:x", None, "Invalid alpha 'x' in composite LoRA component: '@a:x'"),
-    ("a=org/a,mix=@:0.5", None, "Empty adapter reference in composite LoRA component: '@:0.5'"),
-    ("a=org/a,mix=@a+@a:0.2", None, "Composite LoRA 'mix' lists adapter 'a' twice in entry: 'mix=@a+@a:0.2'"),
+     "Invalid composite LoRA component 'b' in --source_loras entry: 'mix=@a+b'. Each component must start with @"),
+    ("a=org/a,mix=@a:x", None,
+     "Invalid alpha 'x' in composite LoRA component '@a:x' in --source_loras entry: 'mix=@a:x'"),
+    ("a=org/a,mix=@:0.5", None,
+     "Empty adapter reference in composite LoRA component '@:0.5' in --source_loras entry: 'mix=@:0.5'"),
+    ("a=org/a,mix=@a+@a:0.2", None,
+     "Composite LoRA 'mix' lists adapter 'a' twice in --source_loras entry: 'mix=@a+@a:0.2'"),
     ("a=org/a:0.8,b=org/b,mix=@a:0.5+@b", None,
-     "LoRA adapter 'a' has alpha 0.8 in entry 'a=org/a:0.8' and composite 'mix' gives it alpha 0.5. Alpha must be "
-     "specified at only one level: either on the individual adapter or on the composite components, not both."),
+     "LoRA adapter 'a' has alpha 0.8 in --source_loras entry 'a=org/a:0.8' and composite 'mix' gives it alpha 0.5. "
+     "Alpha must be specified at only one level: either on the individual adapter or on the composite components, "
+     "not both."),
     ("a=org/a,b=org/b", "NPU", NPU_STATIC),
     ("a=org/a,b=org/b", "CPU GPU NPU", NPU_STATIC),
     ("a=org/a,b=org/b,m1=@a+@b,m2=@a:0.5+@b", "NPU",
@@ -185,7 +203,7 @@ ERRORS = [
      "composite's alias is the only model name, got 2: m1, m2"),
     ("a=org/a,b=org/b,mix=@a", "NPU",
      "NPU device compiles every LoRA adapter in (STATIC mode), so composite 'mix' must list all of them; missing: b "
-     "in entry: 'mix=@a'"),
+     "in --source_loras entry: 'mix=@a'"),
 ]
 
 
@@ -194,6 +212,11 @@ def test_errors(value: str, device: str | None, message: str, base: Path) -> Non
     with pytest.raises(SourceLorasError) as info:
         parse_source_loras(value, device=device, base_dir=base)
     assert str(info.value) == message
+
+
+def test_every_grammar_error_names_the_flag() -> None:
+    """SPEC §9: CLI grammar errors name the flag (the pull turns them into exit status 2)."""
+    assert all("--source_loras" in message for _, _, message in ERRORS)
 
 
 def test_several_adapters_are_fine_without_npu(base: Path) -> None:

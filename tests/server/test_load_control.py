@@ -141,8 +141,8 @@ async def test_not_ready_while_loading(serve: ServeFactory) -> None:
      ['{dir}/graph1/graph.pbtxt: alias "style-a" of graph "b" is registered also by graph "a"; aliases must be '
       "unique across every graph served together"]),
     ({"a": "AliasCalculator", "style-a": "EchoCalculator"},
-     ['{dir}/graph0/graph.pbtxt: alias "style-a" of graph "a" is also the name of a graph; aliases must differ '
-      "from graph names"]),
+     ['{dir}/graph0/graph.pbtxt: alias "style-a" of graph "a" is also the name of graph "style-a"; aliases '
+      "must differ from graph names"]),
     ({"a": fakes.graph_text("EchoCalculator").replace('input_stream: "HTTP_REQUEST_PAYLOAD:input"\noutput',
                                                        'input_stream: "REQUEST:input"\noutput')},
      ['{dir}/graph0/graph.pbtxt: graph "a" has no input_stream tagged HTTP_REQUEST_PAYLOAD; the server feeds '
