@@ -110,6 +110,8 @@ MODERATIONS = ("auto", "low")
 _INT_TEXT = re.compile(r"^[+-]?[0-9]+$")
 _FLOAT_TEXT = re.compile(r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$")
 _SIZE_RE = re.compile(r"^([0-9]+)x([0-9]+)$")
+#: The largest side a ``size`` may name (image sides are 32-bit integers in OpenVINO GenAI).
+MAX_SIDE = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -214,7 +216,10 @@ def _as_int(raw: _Raw) -> int:
     if raw.from_text:
         text = str(value).strip()
         if _INT_TEXT.match(text):
-            return int(text)
+            try:
+                return int(text)
+            except ValueError:  # more digits than Python converts (4300)
+                raise BadRequest(f"{raw.name} is out of range ({len(text)} characters)", param=raw.name) from None
     elif isinstance(value, int) and not isinstance(value, bool):
         return value
     raise _type_error(raw, Kind.INTEGER)
@@ -607,6 +612,8 @@ def _requested_size(f: _Fields) -> _SizeRequest:
         match = _SIZE_RE.match(size)
         if match is None:
             raise BadRequest("size field is not in correct format - WxH", param="size")
+        if any(len(text.lstrip("0")) > len(str(MAX_SIDE)) or int(text) > MAX_SIDE for text in match.groups()):
+            raise BadRequest(f"size field values are too large: each must be at most {MAX_SIDE}", param="size")
         width, height = int(match.group(1)), int(match.group(2))
         if width <= 0 or height <= 0:
             raise BadRequest("size field values must be greater than 0", param="size")
