@@ -64,6 +64,10 @@ class Alias:
     name: str
     kind: str = "alias"
     listed: bool = True
+    #: For an unlisted name that clients may plausibly send: why it cannot be used and what to use
+    #: instead. The front end answers such a request with 400 'model "<name>" cannot be used
+    #: directly: <hint>' (code model_not_routable) instead of 404.
+    not_routable_hint: str | None = None
 
 
 class LoadContext:
@@ -81,9 +85,12 @@ class LoadContext:
         path = Path(value).expanduser()
         return path if path.is_absolute() else (self.graph_dir / path)
 
-    def register_alias(self, name: str, *, kind: str = "alias", listed: bool = True) -> None:
-        """Make ``name`` routable to this graph through the request's ``model`` field."""
-        self.aliases.append(Alias(name, kind, listed))
+    def register_alias(self, name: str, *, kind: str = "alias", listed: bool = True,
+                       not_routable_hint: str | None = None) -> None:
+        """Make ``name`` routable to this graph through the request's ``model`` field (``listed``),
+        or reserve it (unlisted: it still counts toward name uniqueness across graphs), optionally
+        with a hint telling clients who send it what to use instead."""
+        self.aliases.append(Alias(name, kind, listed, not_routable_hint))
 
     def hide_base(self) -> None:
         """The graph's own name stops being routable (e.g. STATIC LoRA hides the base model)."""

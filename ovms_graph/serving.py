@@ -117,6 +117,7 @@ class Serving:
         self.created = int(time.time())
         self.slots: dict[str, GraphSlot] = {}
         self.names: dict[str, ModelName] = {}
+        self.hints: dict[str, str] = {}  # reserved, unlisted name -> what to use instead
         self.executor: ThreadPoolExecutor | None = None
         self._registry_factory = registry_factory
         self._jobs: set[asyncio.Task[None]] = set()
@@ -200,6 +201,8 @@ class Serving:
             for alias in graph.aliases:
                 if alias.listed:
                     self.names[alias.name] = ModelName(alias.name, graph.name, alias.kind)
+                elif alias.not_routable_hint:
+                    self.hints[alias.name] = alias.not_routable_hint
         self.executor = ThreadPoolExecutor(max_workers=max(2, min(MAX_WORKERS, workers)),
                                            thread_name_prefix="ovms-graph")
 
@@ -267,7 +270,8 @@ class Serving:
         """The graph that serves ``model`` and the routable name it was matched by.
 
         Without a model, the only graph is used (under its only routable name); otherwise 400.
-        Unknown names are 404; a graph name hidden by its calculators is 400 naming the aliases to use.
+        Unknown names are 404; a graph name hidden by its calculators, or a reserved name its
+        calculators gave a hint for, is 400 naming what to use.
         """
         if model is None:
             if len(self.slots) != 1:
@@ -288,6 +292,10 @@ class Serving:
             choice = aliases[0] if len(aliases) == 1 else "one of " + ", ".join(aliases)
             raise BadRequest(f'model "{model}" cannot be used directly: its adapters are compiled in; '
                              f"use {choice}", param="model", code="model_not_routable")
+        hint = self.hints.get(model)
+        if hint is not None:
+            raise BadRequest(f'model "{model}" cannot be used directly: {hint}', param="model",
+                             code="model_not_routable")
         shown = model if len(model) <= 200 else model[:200] + "..."
         raise NotFound(f'model "{shown}" does not exist; GET /v3/models lists the models served here',
                        param="model", code="model_not_found")

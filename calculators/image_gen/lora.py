@@ -432,12 +432,18 @@ class LoraPlan:
         adapter's alias or, with a composite, only the composite's, and the base graph name is
         hidden. Every other alias (FUSE adapters, kind ``fuse``; STATIC adapters behind their
         composite) is registered unlisted: never routable, but it still counts toward alias
-        uniqueness across graphs (SPEC §9).
+        uniqueness across graphs (SPEC §9). A STATIC component sent as ``model`` is a 400 naming
+        the composite to use.
         """
         routable = set(self.routable_names())
+        hint = None
+        if self.is_static and self.composites:
+            use = self.composites[0].alias
+            hint = f'it is compiled into STATIC composite "{use}"; use "{use}"'
         for adapter in self.adapters:
             kind = "fuse" if adapter.mode is LoraMode.FUSE else "lora"
-            ctx.register_alias(adapter.alias, kind=kind, listed=adapter.alias in routable)
+            ctx.register_alias(adapter.alias, kind=kind, listed=adapter.alias in routable,
+                               not_routable_hint=hint if adapter.mode is LoraMode.STATIC else None)
         for composite in self.composites:
             ctx.register_alias(composite.alias, kind="composite", listed=composite.alias in routable)
         if self.is_static:

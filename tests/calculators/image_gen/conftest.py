@@ -20,6 +20,8 @@ from calculators.image_gen.pipelines import ImageGenResources
 from ovms_graph.testing import ThreadedServer
 from tests.calculators.image_gen.helpers import F32, TINY, graph_text, registry, wait_for_tiny_models
 
+LORA_A = TINY / "loras" / "lora_a.safetensors"
+
 #: Served graphs by name: the model folder under models/tiny and the node options besides models_path.
 GRAPHS: dict[str, tuple[str, tuple[str, ...]]] = {
     "sd15": ("sd15", (f"plugin_config: '{F32}'", "default_num_inference_steps: 2",
@@ -32,9 +34,13 @@ GRAPHS: dict[str, tuple[str, tuple[str, ...]]] = {
     "sd15-static": ("sd15", (f"plugin_config: '{F32}'", 'resolution: "32x32"', "num_images_per_prompt: 2",
                              "guidance_scale: 3.0", "default_num_inference_steps: 2")),
     "sd15-inpaint": ("sd15-inpaint", (f"plugin_config: '{F32}'", "default_num_inference_steps: 2")),
-    # Default precision (bf16 where the CPU has it) with a DYNAMIC LoRA on derived pipelines.
+    "sd15-x2-default": ("sd15", ("plugin_config: '{\"NUM_STREAMS\": 2}'", "default_num_inference_steps: 2",
+                                 "max_num_inference_steps: 1000000")),
+    # A DYNAMIC LoRA on derived pipelines, at the default precision (bf16 where the CPU has it) and at f32.
     "sd15-lora": ("sd15", ("default_num_inference_steps: 2",
-                           f'lora_adapters {{ alias: "style" path: "{TINY / "loras" / "lora_a.safetensors"}" }}')),
+                           f'lora_adapters {{ alias: "style" path: "{LORA_A}" }}')),
+    "sd15-lora-f32": ("sd15", (f"plugin_config: '{F32}'", "default_num_inference_steps: 2",
+                               f'lora_adapters {{ alias: "style-f32" path: "{LORA_A}" }}')),
     "sdxl": ("sdxl", (f"plugin_config: '{F32}'", "default_num_inference_steps: 2")),
     "flux": ("flux", (f"plugin_config: '{F32}'", "default_num_inference_steps: 2")),
 }

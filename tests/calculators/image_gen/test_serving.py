@@ -177,15 +177,17 @@ def test_inpainting_equals_openvino_genai(servers: Servers, direct_sd15: dict[st
     assert np.array_equal(served[0], direct[0])
 
 
-def test_lora_then_plain_edit_then_lora_again_on_shared_pipelines(servers: Servers) -> None:
+@pytest.mark.parametrize(("graph", "alias"), [("sd15-lora", "style"), ("sd15-lora-f32", "style-f32")],
+                         ids=["default-precision", "f32"])
+def test_lora_then_plain_edit_then_lora_again_on_shared_pipelines(servers: Servers, graph: str, alias: str) -> None:
     """Derived pipelines share weights and adapter state: a base image-to-image between two LoRA
     text-to-image requests must neither inherit the LoRA nor break the next LoRA request."""
-    server = servers["sd15-lora"]
-    lora_body = {"model": "style", "prompt": "a cat", "rng_seed": 5}
-    fields = {"model": "sd15-lora", "prompt": "a cat", "rng_seed": "1", "num_inference_steps": "4", "strength": "0.5"}
+    server = servers[graph]
+    lora_body = {"model": alias, "prompt": "a cat", "rng_seed": 5}
+    fields = {"model": graph, "prompt": "a cat", "rng_seed": "1", "num_inference_steps": "4", "strength": "0.5"}
     source = {"image": png_bytes(64, 64, (120, 120, 120))}
     plain_first = images(edit(server, fields, source))[0]
-    base = images(server.generate({**lora_body, "model": "sd15-lora"}))[0]
+    base = images(server.generate({**lora_body, "model": graph}))[0]
     lora_first = images(server.generate(lora_body))[0]
     plain_between = images(edit(server, fields, source))[0]
     lora_again = images(server.generate(lora_body))[0]
@@ -344,9 +346,10 @@ def test_openai_sdk(servers: Servers) -> None:
 
 
 # ----- concurrency and cancellation -----
-def test_two_sets_serve_two_requests_at_once_without_cross_talk(servers: Servers) -> None:
-    server = servers["sd15-x2"]
-    resources = server.resources("sd15-x2")
+@pytest.mark.parametrize("graph", ["sd15-x2-default", "sd15-x2"], ids=["default-precision", "f32"])
+def test_two_sets_serve_two_requests_at_once_without_cross_talk(servers: Servers, graph: str) -> None:
+    server = servers[graph]
+    resources = server.resources(graph)
     assert (resources.concurrency, resources.pool.size) == (2, 2)
     bodies = [{"prompt": "a cat", "rng_seed": seed, "num_inference_steps": 3, "size": size}
               for seed, size in ((1, "64x64"), (2, "32x32"), (3, "64x32"), (4, "32x64"))]

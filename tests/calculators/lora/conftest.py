@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -70,16 +72,51 @@ def serve(config: Path) -> LiveServer:
     return server
 
 
+#: The precisions every test of adapter switching, derived pipelines and pipeline-set reuse runs at:
+#: the CPU's default (bf16 where the plugin reports BF16) and f32.
+PRECISIONS = ("default", "f32")
+
+
+def at_default_precision(graph_text: str) -> str:
+    """``graph_text`` with INFERENCE_PRECISION_HINT removed from every plugin_config (other keys kept)."""
+    def strip(match: re.Match[str]) -> str:
+        config = json.loads(match.group(1))
+        config.pop("INFERENCE_PRECISION_HINT", None)
+        return f"plugin_config: '{json.dumps(config)}'" if config else ""
+
+    out = re.sub(r"plugin_config: '([^']*)'", strip, graph_text)
+    assert "INFERENCE_PRECISION_HINT" not in out
+    return out
+
+
 class Servers:
-    """Lazily started servers: ``servers["lora-dynamic"]`` serves graphs/lora-dynamic/config.json;
+    """Lazily started servers: ``servers["lora-dynamic"]`` serves graphs/lora-dynamic/config.json (f32,
+    as committed); ``servers.example(name, "default")`` the same graph at the CPU's default precision;
     ``servers.custom(name, config)`` serves any other config."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path) -> None:
+        self.root = root
         self._servers: dict[str, LiveServer] = {}
         self._lock = threading.Lock()
 
     def __getitem__(self, example: str) -> LiveServer:
         return self.custom(example, EXAMPLES / example / "config.json")
+
+    def example(self, example: str, precision: str) -> LiveServer:
+        """graphs/<example> at ``precision`` (one of PRECISIONS)."""
+        assert precision in PRECISIONS, precision
+        if precision == "f32":
+            return self[example]
+        folder = self.root / f"{example}-{precision}"
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            text = (EXAMPLES / example / "graph.pbtxt").read_text().replace("../../models/tiny", str(TINY))
+            (folder / "graph.pbtxt").write_text(at_default_precision(text))
+            config = json.loads((EXAMPLES / example / "config.json").read_text())
+            for entry in config["model_config_list"]:
+                entry["config"]["base_path"] = "."
+            (folder / "config.json").write_text(json.dumps(config))
+        return self.custom(f"{example}-{precision}", folder / "config.json")
 
     def custom(self, key: str, config: Path) -> LiveServer:
         with self._lock:
@@ -93,8 +130,8 @@ class Servers:
 
 
 @pytest.fixture(scope="session")
-def servers() -> Iterator[Servers]:
-    pool = Servers()
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    pool = Servers(tmp_path_factory.mktemp("lora-graphs"))
     yield pool
     pool.close()
 

@@ -1,5 +1,8 @@
 """LoRA through the real server on the graphs/lora-* examples: every served image equals, pixel for
-pixel, what openvino_genai produces itself for the same request and AdapterConfig (f32)."""
+pixel, what openvino_genai produces itself for the same request and AdapterConfig, with the same
+properties (precision and thread split) the server compiles. Tests of adapter switching, derived
+pipelines and pipeline-set reuse run at f32 and at the CPU's default precision (bf16 where the CPU
+plugin reports BF16)."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from PIL import Image
 from calculators.image_gen.lora import STATIC_ALPHAS_MESSAGE, MergedModel
 from calculators.image_gen.pipelines import compile_properties
 
-from .conftest import EXAMPLES, SD15, TINY, Servers, adapter, direct_text2image, images
+from .conftest import EXAMPLES, PRECISIONS, SD15, Servers, adapter, direct_text2image, images
 
 BODY: dict[str, Any] = {"prompt": "a red circle on a white background", "rng_seed": 11, "num_inference_steps": 2,
                         "size": "64x64"}
@@ -42,27 +45,27 @@ DYNAMIC_CASES = [
 ]
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize(("model", "lora_alphas", "alphas"), DYNAMIC_CASES)
 def test_dynamic_adapter_equals_openvino_genai(servers: Servers, model: str, lora_alphas: dict[str, float] | None,
-                                               alphas: dict[str, float]) -> None:
-    server = servers["lora-dynamic"]
+                                               alphas: dict[str, float], precision: str) -> None:
+    server = servers.example("lora-dynamic", precision)
     body = {**BODY, "model": model, **({"lora_alphas": lora_alphas} if lora_alphas is not None else {})}
     served = images(server.generate(body))
     res = server.resources("sd15-lora")
     props = compile_properties(res.settings, res.pool.size)  # the server's thread split, for bit-exactness
     registered = [(adapter(FILES[a]), 0.0) for a in ALIASES]
     by_alias = dict(zip(ALIASES, (pair[0] for pair in registered), strict=True))
-    # the server passes exactly the active adapters ...
-    active = [(by_alias[a], alpha) for a, alpha in alphas.items()]
-    expected = direct_text2image(BODY, registered, "MODE_DYNAMIC", active, properties=props)
+    # the server lists every registered adapter, the active ones first and the inactive ones at 0
+    every = [(by_alias[a], alpha) for a, alpha in alphas.items()] + [
+        (by_alias[a], 0.0) for a in ALIASES if a not in alphas]
+    expected = direct_text2image(BODY, registered, "MODE_DYNAMIC", every, properties=props)
     assert np.array_equal(served[0], expected[0])
-    # ... which draws what listing every registered adapter, the inactive ones at 0, draws
-    every = [(by_alias[a], alphas.get(a, 0.0)) for a in ALIASES]
-    assert np.array_equal(expected, direct_text2image(BODY, registered, "MODE_DYNAMIC", every, properties=props))
 
 
-def test_each_adapter_changes_the_image(servers: Servers) -> None:
-    server = servers["lora-dynamic"]
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_each_adapter_changes_the_image(servers: Servers, precision: str) -> None:
+    server = servers.example("lora-dynamic", precision)
     outputs = {m: images(server.generate({**BODY, "model": m}))[0] for m in ("sd15-lora", *ALIASES)}
     names = list(outputs)
     for i, one in enumerate(names):
@@ -72,11 +75,12 @@ def test_each_adapter_changes_the_image(servers: Servers) -> None:
     assert np.array_equal(images(server.generate({**BODY, "model": "sd15-lora"}))[0], outputs["sd15-lora"])
 
 
-def test_image_to_image_with_an_adapter_equals_openvino_genai(servers: Servers) -> None:
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_image_to_image_with_an_adapter_equals_openvino_genai(servers: Servers, precision: str) -> None:
     import openvino as ov
     import openvino_genai
 
-    server = servers["lora-dynamic"]
+    server = servers.example("lora-dynamic", precision)
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), (40, 160, 200)).save(buffer, "PNG")
     fields = {"model": "textenc", "prompt": "a blue square", "rng_seed": "5", "num_inference_steps": "3",
@@ -89,14 +93,16 @@ def test_image_to_image_with_an_adapter_equals_openvino_genai(servers: Servers) 
     mode = openvino_genai.AdapterConfig.Mode.MODE_DYNAMIC
     pipe.compile("CPU", adapters=openvino_genai.AdapterConfig(registered, mode), **props)
     source = ov.Tensor(np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))[None].copy())
-    active = openvino_genai.AdapterConfig([(registered[1][0], 0.8)])
+    active = openvino_genai.AdapterConfig([(registered[1][0], 0.8), (registered[0][0], 0.0), (registered[2][0], 0.0)])
     expected = np.array(pipe.generate("a blue square", source, rng_seed=5, num_inference_steps=3, strength=0.6,
                                       adapters=active).data, copy=True)
     assert np.array_equal(served[0], expected[0])
 
 
-def test_concurrent_requests_for_different_adapters_equal_their_serial_results(servers: Servers) -> None:
-    server = servers["lora-dynamic"]
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_concurrent_requests_for_different_adapters_equal_their_serial_results(servers: Servers,
+                                                                              precision: str) -> None:
+    server = servers.example("lora-dynamic", precision)
     res = server.resources("sd15-lora")
     assert res.pool.size == 2
     bodies = [{**BODY, "model": m, "rng_seed": seed} for seed, m in enumerate(
@@ -143,15 +149,20 @@ COMPOSITE_CASES = [
 ]
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize(("model", "lora_alphas", "alphas"), COMPOSITE_CASES)
 def test_composite_equals_openvino_genai(servers: Servers, model: str, lora_alphas: dict[str, float] | None,
-                                         alphas: list[tuple[str, float]]) -> None:
+                                         alphas: list[tuple[str, float]], precision: str) -> None:
+    server = servers.example("lora-composite", precision)
     body = {**BODY, "model": model, **({"lora_alphas": lora_alphas} if lora_alphas is not None else {})}
-    served = images(servers["lora-composite"].generate(body))
+    served = images(server.generate(body))
+    res = server.resources("sd15-composite")
+    props = compile_properties(res.settings, res.pool.size)
     registered = [(adapter(FILES[a]), 0.0) for a in ALIASES]
     by_alias = dict(zip(ALIASES, (pair[0] for pair in registered), strict=True))
-    active = [(by_alias[a], alpha) for a, alpha in alphas]  # components in their listed order
-    expected = direct_text2image(BODY, registered, "MODE_DYNAMIC", active)
+    listed = [a for a, _ in alphas]  # components in their listed order, then the other adapters at 0
+    every = [(by_alias[a], alpha) for a, alpha in alphas] + [(by_alias[a], 0.0) for a in ALIASES if a not in listed]
+    expected = direct_text2image(BODY, registered, "MODE_DYNAMIC", every, properties=props)
     assert np.array_equal(served[0], expected[0])
 
 
@@ -180,9 +191,11 @@ def test_static_hides_the_base_and_rejects_lora_alphas(servers: Servers) -> None
         "message": STATIC_ALPHAS_MESSAGE, "type": "invalid_request_error", "param": "lora_alphas", "code": None}
     assert STATIC_ALPHAS_MESSAGE == ("lora_alphas is not supported for STATIC LoRA adapters: alphas are baked in at "
                                      "compile time and cannot be overridden per request")
-    for hidden in ("attn", "textenc"):
-        response = server.generate({**BODY, "model": hidden})
-        assert response.status_code == 404, response.text
+    for component in ("attn", "textenc"):  # SPEC §9: a STATIC component alias is not routable
+        assert error(server.generate({**BODY, "model": component})) == {
+            "message": f'model "{component}" cannot be used directly: it is compiled into STATIC composite '
+                       '"styled"; use "styled"', "type": "invalid_request_error", "param": "model",
+            "code": "model_not_routable"}
 
 
 def test_static_model_field_may_be_omitted(servers: Servers) -> None:
@@ -199,6 +212,7 @@ def test_fused_base_equals_openvino_genai_mode_fuse(servers: Servers) -> None:
     assert not np.array_equal(served[0], plain[0]), "the fused adapter changed nothing"
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize(("model", "lora_alphas", "alphas"), [
     pytest.param("attn", None, [("attn", 1.0)], id="attn"),
     pytest.param("textenc", None, [("textenc", 0.6)], id="textenc"),
@@ -206,10 +220,13 @@ def test_fused_base_equals_openvino_genai_mode_fuse(servers: Servers) -> None:
 ])
 def test_dynamic_on_top_of_fuse_equals_openvino_genai_with_both(servers: Servers, tmp_path: Path, model: str,
                                                                 lora_alphas: dict[str, float] | None,
-                                                                alphas: list[tuple[str, float]]) -> None:
-    server = servers["lora-fuse-dynamic"]
+                                                                alphas: list[tuple[str, float]],
+                                                                precision: str) -> None:
+    server = servers.example("lora-fuse-dynamic", precision)
     body = {**BODY, "model": model, **({"lora_alphas": lora_alphas} if lora_alphas is not None else {})}
     served = images(server.generate(body))
+    res = server.resources("sd15-fused")
+    props = compile_properties(res.settings, res.pool.size)
     merged = MergedModel.build(SD15, [(SD15.parent / "loras" / "lora_c.safetensors", 0.8)])
     try:
         # the merged weights are MODE_FUSE's, bit for bit ...
@@ -218,12 +235,14 @@ def test_dynamic_on_top_of_fuse_equals_openvino_genai_with_both(servers: Servers
         # ... and the DYNAMIC adapter switches on top of them
         registered = [(adapter("a"), 0.0), (adapter("b"), 0.0)]
         by_alias = {"attn": registered[0][0], "textenc": registered[1][0]}
-        active = [(by_alias[a], alpha) for a, alpha in alphas]
-        expected = direct_text2image(BODY, registered, "MODE_DYNAMIC", active, models=merged.path)
+        listed = [a for a, _ in alphas]
+        every = [(by_alias[a], alpha) for a, alpha in alphas] + [
+            (by_alias[a], 0.0) for a in ("attn", "textenc") if a not in listed]
+        expected = direct_text2image(BODY, registered, "MODE_DYNAMIC", every, models=merged.path, properties=props)
     finally:
         merged.remove()
     assert np.array_equal(served[0], expected[0])
-    without_fuse = direct_text2image(BODY, registered, "MODE_DYNAMIC", active)
+    without_fuse = direct_text2image(BODY, registered, "MODE_DYNAMIC", every, properties=props)
     assert not np.array_equal(served[0], without_fuse[0]), "the fused adapter is not under the dynamic one"
 
 
@@ -259,35 +278,30 @@ def test_every_example_config_names_models_relative_to_its_graph() -> None:
         json.loads((EXAMPLES / example / "config.json").read_text())
 
 
-# ----- default precision (bf16 on this CPU): derived pipelines with a LoRA registered -----
-def test_bf16_lora_then_plain_edit_then_lora_is_not_blank(servers: Servers,
-                                                           tmp_path_factory: pytest.TempPathFactory) -> None:
-    folder = tmp_path_factory.mktemp("bf16")
-    text = (EXAMPLES / "lora-dynamic" / "graph.pbtxt").read_text()
-    text = text.replace("../../models/tiny", str(TINY)).replace(
-        """plugin_config: '{"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 2}'""", "")
-    assert "INFERENCE_PRECISION_HINT" not in text and str(TINY) in text
-    (folder / "graph.pbtxt").write_text(text)
-    (folder / "config.json").write_text(json.dumps({"model_config_list": [{"config": {"name": "bf16",
-                                                                                      "base_path": "."}}]}))
-    server = servers.custom("bf16", folder / "config.json")
+# ----- derived pipelines and one pipeline set reused across configurations -----
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_lora_then_plain_edit_then_lora_is_not_blank(servers: Servers, precision: str) -> None:
+    """A LoRA request, a plain edit on the derived image-to-image pipeline, the LoRA again: the
+    active-adapters-only scheme drew all-black images here at bf16."""
+    server = servers.example("lora-dynamic", precision)
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), (200, 60, 60)).save(buffer, "PNG")
     lora_body = {**BODY, "model": "attn"}
     first = images(server.generate(lora_body))[0]
-    edited = images(server.edit({"model": "bf16", "prompt": "a square", "rng_seed": "1", "num_inference_steps": "2",
-                                 "strength": "0.7"}, {"image": buffer.getvalue()}))[0]
+    edited = images(server.edit({"model": "sd15-lora", "prompt": "a square", "rng_seed": "1",
+                                 "num_inference_steps": "2", "strength": "0.7"}, {"image": buffer.getvalue()}))[0]
     again = images(server.generate(lora_body))[0]
     for image in (first, edited, again):
         assert image.std() > 2.0, "blank image"
     assert np.array_equal(first, again)
-    assert not np.array_equal(first, images(server.generate({**BODY, "model": "bf16"}))[0])
+    assert not np.array_equal(first, images(server.generate({**BODY, "model": "sd15-lora"}))[0])
 
 
-def test_any_sequence_of_configurations_reproduces_each_one(servers: Servers) -> None:
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_any_sequence_of_configurations_reproduces_each_one(servers: Servers, precision: str) -> None:
     # One pipeline set, so every request changes the same set's adapter state: same adapters with other
     # weights, fewer adapters, back again. OpenVINO GenAI's weights-only update path got both wrong.
-    server = servers["lora-composite"]
+    server = servers.example("lora-composite", precision)
     assert server.resources("sd15-composite").pool.size == 1
     sequence = [("mix", None), ("mix", {"attn": 0.3}), ("mix", None), ("contrast", None), ("mix", {"textenc": 0.2}),
                 ("attn", None), ("mix", {"attn": 0.3}), ("sd15-composite", None), ("mix", None)]
