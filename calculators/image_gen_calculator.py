@@ -184,7 +184,7 @@ class ImageGenCalculator(Calculator):
             raise ConfigError([Problem(i.message, field=i.field) for i in missing])
         lora = LoraPlan.from_options(typed, ctx)
         try:
-            resources = build_resources(node.name or node.label, settings, info, lora)
+            resources = build_resources(node.name or node.label, settings, info, lora, cache_dir=ctx.cache_dir)
         except RuntimeError as exc:
             raise ConfigError(Problem(str(exc), field="node_options.models_path")) from exc
         lora.register_routes(ctx)

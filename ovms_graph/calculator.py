@@ -73,10 +73,13 @@ class Alias:
 class LoadContext:
     """What a calculator sees at load time: where the graph lives and how to register names."""
 
-    def __init__(self, graph_name: str, graph_file: Path) -> None:
+    def __init__(self, graph_name: str, graph_file: Path, *, cache_dir: Path | None = None) -> None:
         self.graph_name = graph_name
         self.graph_file = graph_file
         self.graph_dir = graph_file.parent
+        #: The server's compiled-model cache folder (``--cache_dir``), or None. Calculators that
+        #: compile models use it unless their own options name another.
+        self.cache_dir = cache_dir
         self.aliases: list[Alias] = []
         self.base_routable = True
 

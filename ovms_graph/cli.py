@@ -36,6 +36,9 @@ class ServerOptions:
     max_request_size: int = 64 * 1024 * 1024
     shutdown_timeout: float = 30.0
     drain_delay: float = 5.0
+    #: Where compiled models are cached between starts (``--cache_dir``); None: no cache unless a
+    #: graph's plugin_config sets CACHE_DIR.
+    cache_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,9 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--drain_delay", type=_non_negative_float("--drain_delay"), default=5.0,
                    help="seconds after SIGTERM that new requests are still served while readiness is "
                         "already false, so load balancers stop routing first (default 5; SIGINT skips it)")
+    g.add_argument("--cache_dir", type=Path,
+                   help="folder for compiled-model blobs, so later starts load faster (a graph's "
+                        "plugin_config CACHE_DIR wins)")
 
 
 def _add_common_flags(p: argparse.ArgumentParser) -> None:
@@ -198,7 +204,8 @@ def server_options(ns: argparse.Namespace) -> ServerOptions:
     return ServerOptions(rest_port=ns.rest_port, rest_bind_address=ns.rest_bind_address, log_level=ns.log_level,
                          api_key_file=ns.api_key_file, metrics_enable=ns.metrics_enable,
                          max_queued_requests=ns.max_queued_requests, max_request_size=ns.max_request_size,
-                         shutdown_timeout=ns.shutdown_timeout, drain_delay=ns.drain_delay)
+                         shutdown_timeout=ns.shutdown_timeout, drain_delay=ns.drain_delay,
+                         cache_dir=ns.cache_dir.resolve() if ns.cache_dir is not None else None)
 
 
 def pull_options(ns: argparse.Namespace) -> PullOptions:

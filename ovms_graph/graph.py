@@ -72,17 +72,18 @@ class Graph:
         self.concurrency: int | None = min(ints) if ints else None
 
     @classmethod
-    def load(cls, name: str, path: Path, registry: Registry) -> Graph:
-        """Parse, validate and build resources; raises ConfigError listing every problem."""
-        return cls.from_spec(name, load_spec(path, registry), registry)
+    def load(cls, name: str, path: Path, registry: Registry, *, cache_dir: Path | None = None) -> Graph:
+        """Parse, validate and build resources; raises ConfigError listing every problem.
+        ``cache_dir`` is the server's compiled-model cache folder, offered to every calculator."""
+        return cls.from_spec(name, load_spec(path, registry), registry, cache_dir=cache_dir)
 
     @classmethod
-    def from_spec(cls, name: str, spec: GraphSpec, registry: Registry) -> Graph:
+    def from_spec(cls, name: str, spec: GraphSpec, registry: Registry, *, cache_dir: Path | None = None) -> Graph:
         """Validate an already parsed graph and build its resources (``load`` without the file read)."""
         problems = validate_graph(spec, registry, graph_name=name)
         if problems:
             raise ConfigError(problems)
-        ctx = LoadContext(name, spec.file)
+        ctx = LoadContext(name, spec.file, cache_dir=cache_dir)
         nodes: list[NodeRuntime] = []
         resources: dict[str, Any] = {}
         for node in _topological(spec):

@@ -109,7 +109,7 @@ def create_app(entries: Sequence[GraphEntry], options: ServerOptions | None = No
     app[OPTIONS] = options
     app[METRICS] = metrics
     app[SERVING] = Serving(entries, registry_factory=factory, max_queued=options.max_queued_requests,
-                           metrics=metrics)
+                           metrics=metrics, cache_dir=options.cache_dir)
     if options.api_key_file is not None:
         app[API_KEY] = read_api_key(options.api_key_file)
     routes = [

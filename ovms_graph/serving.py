@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ovms_graph.aliases import GraphAliases, cross_graph_problems
@@ -106,8 +107,9 @@ class Serving:
     """Loads, routes and runs the graphs of one server. Create it inside the event loop's thread."""
 
     def __init__(self, entries: Sequence[GraphEntry], *, registry_factory: Callable[[], Registry],
-                 max_queued: int, metrics: Metrics) -> None:
+                 max_queued: int, metrics: Metrics, cache_dir: Path | None = None) -> None:
         self.entries = list(entries)
+        self.cache_dir = cache_dir
         self.metrics = metrics
         self.max_queued = max_queued
         self.state = State.LOADING
@@ -174,7 +176,7 @@ class Serving:
             started = time.monotonic()
             log.info('loading graph "%s" from %s', entry.name, entry.graph_path)
             try:
-                graph = Graph.load(entry.name, entry.graph_path, registry)
+                graph = Graph.load(entry.name, entry.graph_path, registry, cache_dir=self.cache_dir)
             except ConfigError as exc:
                 problems.extend(exc.problems)
                 continue

@@ -190,11 +190,15 @@ class PipelineSet:
         return self.pipelines[task]
 
 
-def compile_properties(settings: NodeSettings, sets: int, cores: int | None = None) -> dict[str, Any]:
+def compile_properties(settings: NodeSettings, sets: int, cores: int | None = None,
+                       cache_dir: Path | None = None) -> dict[str, Any]:
     """The properties passed to ``compile``: plugin_config (NUM_STREAMS removed), and with more than
     one set on CPU the threads split between sets (INFERENCE_NUM_THREADS, pinning off) unless the
-    operator set them. Sets run truly in parallel only that way."""
+    operator set them. Sets run truly in parallel only that way. ``cache_dir`` (the server's
+    ``--cache_dir``) becomes CACHE_DIR unless plugin_config names one."""
     props = dict(settings.plugin_config)
+    if cache_dir is not None:
+        props.setdefault("CACHE_DIR", str(cache_dir))
     if sets > 1 and all(d.upper() == "CPU" for d in settings.devices):
         total = cores if cores is not None else (os.cpu_count() or 1)
         props.setdefault("INFERENCE_NUM_THREADS", max(1, total // sets))
@@ -362,13 +366,15 @@ def model_defaults(pipes: PipelineSet) -> ModelDefaults:
     raise ValueError("no pipeline was built")
 
 
-def build_resources(node: str, settings: NodeSettings, info: ModelInfo, lora: LoraPlan) -> ImageGenResources:
-    """Load, reshape and compile ``settings.num_streams`` pipeline sets. Raises RuntimeError naming
-    every task's failure when no pipeline at all can be built."""
+def build_resources(node: str, settings: NodeSettings, info: ModelInfo, lora: LoraPlan, *,
+                    cache_dir: Path | None = None) -> ImageGenResources:
+    """Load, reshape and compile ``settings.num_streams`` pipeline sets, with compiled models cached in
+    ``cache_dir`` unless plugin_config sets CACHE_DIR. Raises RuntimeError naming every task's
+    failure when no pipeline at all can be built."""
     sets = settings.num_streams
     # FUSE adapters combined with switchable ones are merged into a copy of the model (see LoraPlan).
     settings = dataclasses.replace(settings, models_path=lora.model_dir(settings.models_path))
-    properties = compile_properties(settings, sets)
+    properties = compile_properties(settings, sets, cache_dir=cache_dir)
     builder = PipelineBuilder(settings, properties, lora.compile_kwargs, derive=info.family in DERIVABLE)
     started = time.monotonic()
     first = builder.build(0)
@@ -386,10 +392,11 @@ def build_resources(node: str, settings: NodeSettings, info: ModelInfo, lora: Lo
     refused = {t: r for t, r in builder.refused.items() if t not in tasks}
     defaults = model_defaults(first)
     shapes = (f"static {settings.static_resolutions[0]}" if settings.reshaped else "dynamic shapes")
-    log.info('node "%s": %s pipeline from %s; %d pipeline set(s) on %s, %s; tasks: %s%s; loaded in %.1f s',
+    cache = properties.get("CACHE_DIR")
+    log.info('node "%s": %s pipeline from %s; %d pipeline set(s) on %s, %s; tasks: %s%s; %s; loaded in %.1f s',
              node, info.label, settings.models_path, sets, " ".join(settings.devices), shapes,
              ", ".join(t.value for t in Task if t in tasks),
              "".join(f"; {t.value} unavailable ({r})" for t, r in refused.items()),
-             time.monotonic() - started)
+             f"compiled models cached in {cache}" if cache else "no model cache", time.monotonic() - started)
     return ImageGenResources(node=node, settings=settings, info=info, defaults=defaults,
                              pool=PipelinePool(all_sets), lora=lora, tasks=tasks, refused=refused)
