@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 CONFIG ?= graphs/demo/config.json
 
-.PHONY: install test test-convert lint proto proto-check run fixtures tiny-models demo-model fixtures-env bench clean
+.PHONY: install test test-convert lint proto proto-check run fixtures tiny-models demo-model fixtures-env bench bench-model clean
 
 install: $(VENV)/.installed
 
@@ -66,6 +66,16 @@ tiny-models: fixtures-env
 demo-model: fixtures-env
 	$(FIXTURES_VENV)/bin/python -u tools/train_demo_model.py --vae-steps 3000 --unet-steps 5000 \
 		--lora-steps 1500 --eval-every 1250
+
+# The full-size benchmark model (SD1.5 shapes, random fp16 weights, about 2 GB) is built under build/,
+# never committed, and only when missing (delete the folder to rebuild). The tests never need it.
+BENCH_MODEL ?= build/bench-models/sd15
+
+bench-model: $(BENCH_MODEL)/MANIFEST.json
+
+$(BENCH_MODEL)/MANIFEST.json:
+	$(MAKE) fixtures-env
+	nice -n 10 $(FIXTURES_VENV)/bin/python -u tools/build_bench_model.py --out $(BENCH_MODEL)
 
 bench: install
 	$(PY) bench/bench_image_gen.py
