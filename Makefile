@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 CONFIG ?= graphs/demo/config.json
 
-.PHONY: install test test-convert lint proto proto-check run fixtures tiny-models demo-model fixtures-env bench bench-model clean
+.PHONY: install system-deps test test-convert lint proto proto-check run fixtures tiny-models demo-model fixtures-env bench bench-model clean
 
 install: $(VENV)/.installed
 
@@ -19,12 +19,16 @@ $(VENV)/.installed: pyproject.toml examples/prompt_guard_plugin/pyproject.toml
 	$(PY) -m pip install -q --no-build-isolation -e examples/prompt_guard_plugin
 	touch $@
 
+# Programs the tests run besides Python (haproxy for tests/scaleout), from Debian's packages via apt-get.
+system-deps:
+	sh tools/install_system_deps.sh
+
 lint: install
 	$(VENV)/bin/ruff check $(wildcard ovms_graph calculators tests tools bench examples)
 	$(VENV)/bin/mypy ovms_graph
 	cd examples/prompt_guard_plugin && MYPYPATH=$(CURDIR) $(CURDIR)/$(VENV)/bin/mypy src tests gen_proto.py
 
-test: install lint
+test: install system-deps lint
 	$(PY) -m pytest -q -p no:cacheprovider tests examples/prompt_guard_plugin/tests
 
 proto: install
