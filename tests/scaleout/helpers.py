@@ -132,7 +132,8 @@ class Proxy:
         assert len(replica_ports) == len(cls.SERVERS)
         for attempt in range(5):
             port, stats_port = free_port(), free_port()
-            values = {**CHECKS, "OVMS_GRAPH_BIND": f"127.0.0.1:{port}", "OVMS_GRAPH_STATS_BIND": f"127.0.0.1:{stats_port}",
+            values = {**CHECKS, "OVMS_GRAPH_BIND": f"127.0.0.1:{port}",
+                      "OVMS_GRAPH_STATS_BIND": f"127.0.0.1:{stats_port}",
                       **{f"OVMS_GRAPH_REPLICA_{i + 1}": f"127.0.0.1:{p}" for i, p in enumerate(replica_ports)}}
             config = cwd / "haproxy.cfg"
             config.write_text(render(template, values), encoding="utf-8")
@@ -142,20 +143,28 @@ class Proxy:
                 process = subprocess.Popen([haproxy_binary(), "-db", "-f", str(config)], stdout=out,
                                            stderr=subprocess.STDOUT, cwd=cwd)
             proxy = cls(process, config, log, port, stats_port)
-            deadline = time.monotonic() + LIMIT
-            while process.poll() is None and time.monotonic() < deadline:
-                try:
-                    proxy.stats()
-                    break
-                except (OSError, requests.RequestException):
-                    time.sleep(0.05)
-            if process.poll() is None:
-                wait_for(lambda: all(proxy.state(name) == "UP" for name in cls.SERVERS), "both replicas UP",
-                         details=proxy.output)
-                return proxy
+            try:
+                wait_for(proxy.answers, "haproxy answering", details=proxy.output)
+                if process.poll() is None:
+                    wait_for(proxy.all_up, "both replicas UP", details=proxy.output)
+                    return proxy
+            except BaseException:
+                proxy.stop()
+                raise
             if "cannot bind socket" not in proxy.output():
                 break
         raise AssertionError(f"haproxy did not start:\n{proxy.output()}")
+
+    def answers(self) -> bool:
+        """Whether the statistics page answers, or haproxy has exited (nothing to wait for)."""
+        try:
+            self.stats()
+        except (OSError, requests.RequestException):
+            return self.process.poll() is not None
+        return True
+
+    def all_up(self) -> bool:
+        return all(self.state(name) == "UP" for name in self.SERVERS)
 
     def output(self) -> str:
         """haproxy's log so far: its request log lines and every health-check change."""
