@@ -20,6 +20,7 @@ wall time, it depends little on what else the machine runs), and the ratio of (3
 target is >= 0.9. Usage::
 
     .venv/bin/python bench/bench_lora.py [--size 256] [--steps 4] [--requests 4] [--rounds 12]
+                                         [--precision default|f32]
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ node: {{
   node_options: {{
     [type.googleapis.com / mediapipe.ImageGenCalculatorOptions]: {{
       models_path: "{models}"
-      plugin_config: '{{"NUM_STREAMS": 2}}'
+      plugin_config: '{plugin_config}'
 {loras}
     }}
   }}
@@ -60,12 +61,16 @@ node: {{
 LORAS = {"attn": "lora_a", "textenc": "lora_b", "proj": "lora_c"}
 
 
-def write_config(folder: Path) -> Path:
+def write_config(folder: Path, precision: str) -> Path:
     loras = "\n".join(f'      lora_adapters {{ alias: "{alias}" path: "{TINY / "loras" / name}.safetensors" }}'
                       for alias, name in LORAS.items())
     for graph, extra in (("plain", ""), ("lora", loras)):
         (folder / graph).mkdir()
-        (folder / graph / "graph.pbtxt").write_text(NODE.format(models=TINY / "sd15", loras=extra))
+        plugin: dict[str, object] = {"NUM_STREAMS": 2}
+        if precision != "default":
+            plugin["INFERENCE_PRECISION_HINT"] = precision
+        (folder / graph / "graph.pbtxt").write_text(NODE.format(models=TINY / "sd15", loras=extra,
+                                                                plugin_config=json.dumps(plugin)))
     config = folder / "config.json"
     config.write_text(json.dumps({"model_config_list": [{"config": {"name": g, "base_path": g}}
                                                         for g in ("plain", "lora")]}))
@@ -101,6 +106,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=4, help="requests per phase and round (default 4)")
     parser.add_argument("--rounds", type=int, default=12, help="interleaved rounds (default 12)")
     parser.add_argument("--concurrency", type=int, default=2, help="client threads (default 2)")
+    parser.add_argument("--precision", choices=("default", "f32"), default="default",
+                        help="INFERENCE_PRECISION_HINT: the CPU default (bf16 where it reports BF16) or f32")
     args = parser.parse_args()
     if not (TINY / "sd15" / "model_index.json").is_file() or not all(
             (TINY / "loras" / f"{n}.safetensors").is_file() for n in LORAS.values()):
@@ -115,7 +122,7 @@ def main() -> int:
     body = {"prompt": "a red circle on a white background", "num_inference_steps": args.steps,
             "size": f"{args.size}x{args.size}"}
     with tempfile.TemporaryDirectory(prefix="bench-lora-") as tmp:
-        config = write_config(Path(tmp))
+        config = write_config(Path(tmp), args.precision)
         # The server's INFO log line gives its port; its log goes to the temporary folder.
         with serving(["--config_path", str(config), "--rest_port", "0"], cwd=Path(tmp), limit=900.0,
                      stop_timeout=120.0) as server:
@@ -135,7 +142,8 @@ def main() -> int:
     cpu_medians = {name: statistics.median(values) for name, values in cpu.items()}
     baseline = medians["no LoRA (plain graph)"]
     cpu_baseline = cpu_medians["no LoRA (plain graph)"]
-    print(f"tiny SD1.5, {args.size}x{args.size}, {args.steps} steps, NUM_STREAMS 2, concurrency {args.concurrency}, "
+    print(f"tiny SD1.5, {args.size}x{args.size}, {args.steps} steps, {args.precision} precision, NUM_STREAMS 2, "
+          f"concurrency {args.concurrency}, "
           f"{args.requests} requests x {args.rounds} rounds (median), {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}\n")
     print("| requests | req/s | vs no LoRA | server CPU ms / request | vs no LoRA |")
