@@ -1,13 +1,17 @@
 """Builds the project's tiny, randomly initialised diffusion models and exports them for OpenVINO GenAI.
 
 They exist so that tests run real `openvino_genai` pipelines in seconds: same architectures as the
-real models (SD1.5, SD1.5 inpainting, SDXL, FLUX.1), a few hundred kilobytes each, weights drawn
+real models (SD1.5, SD1.5 inpainting, SDXL, FLUX.1, SD3, LCM), a few hundred kilobytes each, weights drawn
 from fixed seeds. They draw noise, not pictures.
 
     models/tiny/sd15/            StableDiffusionPipeline, DDIM, 64x64 default
     models/tiny/sd15-inpaint/    StableDiffusionInpaintPipeline (9-channel UNet), DDIM, 64x64
     models/tiny/sdxl/            StableDiffusionXLPipeline (two CLIP text encoders), Euler, 64x64
     models/tiny/flux/            FluxPipeline (CLIP + T5), FlowMatchEuler
+    models/tiny/sd3/             StableDiffusion3Pipeline (two CLIPs + small T5, patch-2 transformer),
+                                 FlowMatchEuler, 64x64
+    models/tiny/lcm/             LatentConsistencyModelPipeline (UNet with time_cond_proj_dim, the
+                                 SD1.5 layout otherwise), LCMScheduler, 64x64
     models/tiny/loras/           lora_a/b/c.safetensors: kohya-format LoRAs for sd15
     models/tiny/MANIFEST.json    sha256 of every file, package versions, seed
 
@@ -35,7 +39,7 @@ import ov_export
 
 REPO = Path(__file__).resolve().parent.parent
 SEED = 20240611
-MODELS = ("sd15", "sd15-inpaint", "sdxl", "flux", "loras")
+MODELS = ("sd15", "sd15-inpaint", "sdxl", "flux", "sd3", "lcm", "loras")
 PACKAGES = ("torch", "diffusers", "transformers", "tokenizers", "safetensors", "openvino",
             "openvino-tokenizers", "numpy")
 
@@ -84,7 +88,7 @@ def clip_text_encoder(tokenizer: Any, offset: int) -> Any:
     return CLIPTextModel(clip_text_config(len(tokenizer))).eval()
 
 
-def unet(in_channels: int, offset: int, *, xl: bool = False) -> Any:
+def unet(in_channels: int, offset: int, *, xl: bool = False, time_cond_proj_dim: int | None = None) -> Any:
     from diffusers import UNet2DConditionModel
 
     seeded(offset)
@@ -109,11 +113,12 @@ def unet(in_channels: int, offset: int, *, xl: bool = False) -> Any:
         norm_num_groups=8,
         attention_head_dim=8,
         cross_attention_dim=kwargs.pop("cross_attention_dim", CLIP_HIDDEN),
+        time_cond_proj_dim=time_cond_proj_dim,
         **kwargs,
     ).eval()
 
 
-def vae(offset: int, *, latent_channels: int = 4, flux: bool = False) -> Any:
+def vae(offset: int, *, latent_channels: int = 4, flux: bool = False, sd3: bool = False) -> Any:
     from diffusers import AutoencoderKL
 
     seeded(offset)
@@ -121,6 +126,9 @@ def vae(offset: int, *, latent_channels: int = 4, flux: bool = False) -> Any:
     if flux:
         extra = {"use_quant_conv": False, "use_post_quant_conv": False, "shift_factor": 0.1159,
                  "scaling_factor": 0.3611}
+    if sd3:
+        extra = {"use_quant_conv": False, "use_post_quant_conv": False, "shift_factor": 0.0609,
+                 "scaling_factor": 1.5305}
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -287,6 +295,71 @@ def build_flux(out: Path) -> Any:
     return pipe
 
 
+def t5_encoder(tokenizer: Any, offset: int) -> Any:
+    from transformers import T5Config, T5EncoderModel
+
+    seeded(offset)
+    return T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", pad_token_id=0,
+        eos_token_id=1, decoder_start_token_id=0, is_encoder_decoder=False, use_cache=False,
+    )).eval()
+
+
+def build_sd3(out: Path) -> Any:
+    """Two CLIP encoders with projection (pooled 2 x 32 = 64), a 2-layer T5 (d_model 32 = the
+    transformer's joint_attention_dim, as in diffusers' own tiny SD3), a one-block patch-2 MMDiT."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    clip_tok = ov_export.make_clip_tokenizer(WORDS)
+    t5_tok = ov_export.make_t5_tokenizer(WORDS)
+    seeded(401)
+    te1 = CLIPTextModelWithProjection(clip_text_config(len(clip_tok))).eval()
+    seeded(402)
+    te2 = CLIPTextModelWithProjection(clip_text_config(len(clip_tok))).eval()
+    seeded(404)
+    transformer = SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=1, attention_head_dim=8,
+        num_attention_heads=4, joint_attention_dim=32, caption_projection_dim=32,
+        pooled_projection_dim=2 * CLIP_HIDDEN, pos_embed_max_size=32,
+    ).eval()
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
+        vae=vae(405, latent_channels=16, sd3=True),
+        text_encoder=te1,
+        tokenizer=clip_tok,
+        text_encoder_2=te2,
+        tokenizer_2=clip_tok,
+        text_encoder_3=t5_encoder(t5_tok, 403),
+        tokenizer_3=t5_tok,
+    )
+    ov_export.export_pipeline(pipe, out, kind="sd3")
+    return pipe
+
+
+def build_lcm(out: Path) -> Any:
+    """The SD1.5 layout (so the sd15 LoRAs' layers exist in it too) with a UNet that takes the
+    guidance scale as an embedding (time_cond_proj_dim) and the LCM scheduler."""
+    from diffusers import LatentConsistencyModelPipeline, LCMScheduler
+
+    tok = ov_export.make_clip_tokenizer(WORDS)
+    pipe = LatentConsistencyModelPipeline(
+        vae=vae(501),
+        text_encoder=clip_text_encoder(tok, 502),
+        tokenizer=tok,
+        unet=unet(4, 503, time_cond_proj_dim=32),
+        scheduler=LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                               original_inference_steps=50, set_alpha_to_one=True),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    ov_export.export_pipeline(pipe, out, kind="lcm")
+    return pipe
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -343,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         "sd15-inpaint": lambda: build_sd15(out / "sd15-inpaint", inpaint=True),
         "sdxl": lambda: build_sdxl(out / "sdxl"),
         "flux": lambda: build_flux(out / "flux"),
+        "sd3": lambda: build_sd3(out / "sd3"),
+        "lcm": lambda: build_lcm(out / "lcm"),
     }
     t_all = time.time()
     sd15 = None

@@ -12,9 +12,11 @@ The layout and tensor names are the ones optimum-intel writes and `openvino_gena
         CLIPTextModelWithProjection  input_ids -> text_embeds, last_hidden_state, hidden_states.0 .. N
         T5EncoderModel               input_ids -> last_hidden_state
     unet/           sample, timestep (i64, shape [1]), encoder_hidden_states [, text_embeds, time_ids]
-                    -> out_sample
+                    [, timestep_cond (LCM)] -> out_sample
     transformer/    (FLUX) hidden_states, encoder_hidden_states, pooled_projections, timestep (f32 [1]),
                     img_ids, txt_ids [, guidance] -> out_hidden_states
+                    (SD3) hidden_states, encoder_hidden_states, pooled_projections, timestep (f32 [batch])
+                    -> out_hidden_states
     vae_decoder/    latent_sample -> sample          (GenAI appends the [0, 255] u8 post-processing)
     vae_encoder/    sample -> latent_parameters      (mean and log-variance, GenAI samples from them)
 
@@ -29,7 +31,10 @@ Public API (stable; tools/train_demo_model.py depends on it):
     export_sd15_inpaint(pipe, out_dir)     StableDiffusionInpaintPipeline (9-channel UNet)
     export_sdxl(pipe, out_dir)             StableDiffusionXLPipeline
     export_flux(pipe, out_dir)             FluxPipeline
-    export_pipeline(pipe, out_dir, kind=)  dispatch by kind: "sd15", "sd15-inpaint", "sdxl", "flux"
+    export_sd3(pipe, out_dir)              StableDiffusion3Pipeline (two CLIPs with projection + T5)
+    export_lcm(pipe, out_dir)              LatentConsistencyModelPipeline (UNet with timestep_cond)
+    export_pipeline(pipe, out_dir, kind=)  dispatch by kind: "sd15", "sd15-inpaint", "sdxl", "flux",
+                                           "sd3", "lcm"
     make_clip_tokenizer(words, out_dir)    CLIP byte-level BPE in which every listed word is one token
     make_t5_tokenizer(words, out_dir)      T5-style unigram tokenizer over the listed words
 
@@ -50,9 +55,11 @@ from torch import nn
 
 __all__ = [
     "export_flux",
+    "export_lcm",
     "export_pipeline",
     "export_sd15",
     "export_sd15_inpaint",
+    "export_sd3",
     "export_sdxl",
     "export_tokenizer",
     "make_clip_tokenizer",
@@ -360,6 +367,35 @@ class _UNetXL(nn.Module):
         )[0]
 
 
+class _UNetLCM(nn.Module):
+    """A UNet with ``time_cond_proj_dim``: the guidance scale enters as an embedding (timestep_cond)."""
+
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                timestep_cond: torch.Tensor) -> torch.Tensor:
+        return self.unet(sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond,
+                         return_dict=False)[0]
+
+
+class _SD3Transformer(nn.Module):
+    def __init__(self, transformer: nn.Module) -> None:
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                pooled_projections: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        return self.transformer(
+            hidden_states=hidden_states,
+            encoder_hidden_states=encoder_hidden_states,
+            pooled_projections=pooled_projections,
+            timestep=timestep,
+            return_dict=False,
+        )[0]
+
+
 class _FluxTransformer(nn.Module):
     def __init__(self, transformer: nn.Module, guidance: bool) -> None:
         super().__init__()
@@ -438,7 +474,7 @@ def _export_t5(text_encoder: Any, out_dir: Path, seq: int) -> None:
     _save(model, out_dir / "openvino_model.xml")
 
 
-def _export_unet(unet: Any, out_dir: Path, seq: int, *, xl: bool = False) -> None:
+def _export_unet(unet: Any, out_dir: Path, seq: int, *, xl: bool = False, lcm: bool = False) -> None:
     cfg = unet.config
     size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
     inputs: list[tuple[str, torch.Tensor, Sequence[int]]] = [
@@ -455,6 +491,10 @@ def _export_unet(unet: Any, out_dir: Path, seq: int, *, xl: bool = False) -> Non
             ("time_ids", torch.randn(2, 6), (-1, 6)),
         ]
         wrapper = _UNetXL(unet)
+    if lcm:
+        dim = cfg.time_cond_proj_dim
+        inputs.append(("timestep_cond", torch.randn(1, dim), (-1, dim)))
+        wrapper = _UNetLCM(unet)
     model = _convert(wrapper, inputs, ["out_sample"])
     _write_json(out_dir / "config.json", _diffusers_config(unet, "UNet2DConditionModel"))
     _save(model, out_dir / "openvino_model.xml")
@@ -478,6 +518,20 @@ def _export_flux_transformer(transformer: Any, out_dir: Path, seq: int, latent_h
     model = _convert(_FluxTransformer(transformer, cfg.guidance_embeds), inputs,
                      ["out_hidden_states"])
     _write_json(out_dir / "config.json", _diffusers_config(transformer, "FluxTransformer2DModel"))
+    _save(model, out_dir / "openvino_model.xml")
+
+
+def _export_sd3_transformer(transformer: Any, out_dir: Path, seq: int, latent_hw: int) -> None:
+    cfg = transformer.config
+    inputs: list[tuple[str, torch.Tensor, Sequence[int]]] = [
+        ("hidden_states", torch.randn(2, cfg.in_channels, latent_hw, latent_hw), (-1, cfg.in_channels, -1, -1)),
+        ("encoder_hidden_states", torch.randn(2, seq, cfg.joint_attention_dim),
+         (-1, -1, cfg.joint_attention_dim)),
+        ("pooled_projections", torch.randn(2, cfg.pooled_projection_dim), (-1, cfg.pooled_projection_dim)),
+        ("timestep", torch.tensor([1.0, 1.0]), (-1,)),
+    ]
+    model = _convert(_SD3Transformer(transformer), inputs, ["out_hidden_states"])
+    _write_json(out_dir / "config.json", _diffusers_config(transformer, "SD3Transformer2DModel"))
     _save(model, out_dir / "openvino_model.xml")
 
 
@@ -570,11 +624,42 @@ def export_flux(pipe: Any, out_dir: Path) -> None:
         _export_vae(pipe.vae, out)
 
 
+def export_sd3(pipe: Any, out_dir: Path) -> None:
+    """Exports a StableDiffusion3Pipeline (CLIP-L/G-like encoders with projection, T5) to `out_dir`."""
+    out = _prepare(out_dir)
+    with torch.no_grad():
+        _write_pipeline_configs(pipe, out)
+        export_tokenizer(pipe.tokenizer, out / "tokenizer")
+        export_tokenizer(pipe.tokenizer_2, out / "tokenizer_2")
+        export_tokenizer(pipe.tokenizer_3, out / "tokenizer_3")
+        _export_clip_with_projection(pipe.text_encoder, out / "text_encoder")
+        _export_clip_with_projection(pipe.text_encoder_2, out / "text_encoder_2")
+        t5_seq = min(64, pipe.tokenizer_3.model_max_length)
+        _export_t5(pipe.text_encoder_3, out / "text_encoder_3", t5_seq)
+        clip_seq = pipe.text_encoder.config.max_position_embeddings
+        _export_sd3_transformer(pipe.transformer, out / "transformer", clip_seq + t5_seq, latent_hw=8)
+        _export_vae(pipe.vae, out)
+
+
+def export_lcm(pipe: Any, out_dir: Path) -> None:
+    """Exports a LatentConsistencyModelPipeline (UNet with time_cond_proj_dim) to `out_dir`."""
+    out = _prepare(out_dir)
+    with torch.no_grad():
+        _write_pipeline_configs(pipe, out)
+        export_tokenizer(pipe.tokenizer, out / "tokenizer")
+        _export_clip(pipe.text_encoder, out / "text_encoder")
+        seq = pipe.text_encoder.config.max_position_embeddings
+        _export_unet(pipe.unet, out / "unet", seq, lcm=True)
+        _export_vae(pipe.vae, out)
+
+
 EXPORTERS: dict[str, Callable[[Any, Path], None]] = {
     "sd15": export_sd15,
     "sd15-inpaint": export_sd15_inpaint,
     "sdxl": export_sdxl,
     "flux": export_flux,
+    "sd3": export_sd3,
+    "lcm": export_lcm,
 }
 
 

@@ -50,6 +50,12 @@ def test_total_size_stays_small() -> None:
     assert total < 12_000_000, f"models/tiny is {total / 1e6:.1f} MB; keep it a few MB"
 
 
+@pytest.mark.parametrize(("model", "limit"), [("sd3", 2_000_000), ("lcm", 2_200_000)])
+def test_each_new_family_stays_under_a_few_mb(model: str, limit: int) -> None:
+    size = sum(e["bytes"] for name, e in load_manifest()["files"].items() if name.startswith(f"{model}/"))
+    assert 0 < size < limit, f"models/tiny/{model} is {size / 1e6:.2f} MB"
+
+
 COMMON = ["model_index.json", "scheduler/scheduler_config.json", "tokenizer/openvino_tokenizer.xml",
           "tokenizer/openvino_detokenizer.xml", "tokenizer/tokenizer.json", "text_encoder/config.json",
           "text_encoder/openvino_model.xml", "vae_decoder/config.json", "vae_decoder/openvino_model.xml",
@@ -61,6 +67,10 @@ LAYOUT = {
              "text_encoder_2/openvino_model.xml"],
     "flux": [*COMMON, "transformer/config.json", "transformer/openvino_model.xml",
              "tokenizer_2/openvino_tokenizer.xml", "text_encoder_2/openvino_model.xml"],
+    "sd3": [*COMMON, "transformer/config.json", "transformer/openvino_model.xml",
+            "tokenizer_2/openvino_tokenizer.xml", "text_encoder_2/openvino_model.xml",
+            "tokenizer_3/openvino_tokenizer.xml", "text_encoder_3/openvino_model.xml"],
+    "lcm": [*COMMON, "unet/config.json", "unet/openvino_model.xml"],
 }
 
 
@@ -90,6 +100,14 @@ NAMES = {
     ("flux", "text_encoder_2"): (["input_ids"], ["last_hidden_state"]),
     ("flux", "transformer"): (["hidden_states", "encoder_hidden_states", "pooled_projections", "timestep",
                                "img_ids", "txt_ids", "guidance"], ["out_hidden_states"]),
+    ("sd3", "text_encoder"): (["input_ids"], ["text_embeds", "last_hidden_state",
+                                              "hidden_states.0", "hidden_states.1", "hidden_states.2"]),
+    ("sd3", "text_encoder_2"): (["input_ids"], ["text_embeds", "last_hidden_state",
+                                                "hidden_states.0", "hidden_states.1", "hidden_states.2"]),
+    ("sd3", "text_encoder_3"): (["input_ids"], ["last_hidden_state"]),
+    ("sd3", "transformer"): (["hidden_states", "encoder_hidden_states", "pooled_projections", "timestep"],
+                             ["out_hidden_states"]),
+    ("lcm", "unet"): (["sample", "timestep", "encoder_hidden_states", "timestep_cond"], ["out_sample"]),
 }
 
 
@@ -113,6 +131,22 @@ def test_default_size_configs() -> None:
         vae = json.loads((TINY / model / "vae_decoder" / "config.json").read_text())
         assert unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1) == 64, model
     assert json.loads((TINY / "sd15-inpaint" / "unet" / "config.json").read_text())["in_channels"] == 9
+
+
+def test_new_family_configs() -> None:
+    """SD3: a patch-2 transformer over 16 latent channels, 64x64 by default, and a T5 third encoder;
+    LCM: the guidance scale enters the UNet as an embedding (time_cond_proj_dim), LCM scheduler."""
+    sd3 = json.loads((TINY / "sd3" / "transformer" / "config.json").read_text())
+    assert (sd3["patch_size"], sd3["in_channels"], sd3["sample_size"]) == (2, 16, 8)
+    index = json.loads((TINY / "sd3" / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusion3Pipeline"
+    assert index["text_encoder_3"] == ["transformers", "T5EncoderModel"]
+    assert index["scheduler"][1] == "FlowMatchEulerDiscreteScheduler"
+    lcm = json.loads((TINY / "lcm" / "model_index.json").read_text())
+    assert (lcm["_class_name"], lcm["scheduler"][1]) == ("LatentConsistencyModelPipeline", "LCMScheduler")
+    assert json.loads((TINY / "lcm" / "unet" / "config.json").read_text())["time_cond_proj_dim"] == 32
+    scheduler = json.loads((TINY / "lcm" / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["original_inference_steps"] == 50
 
 
 def safetensors_keys(path: Path) -> list[str]:

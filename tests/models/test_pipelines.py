@@ -106,3 +106,63 @@ def test_sd15_derived_pipelines_share_the_inpainting_weights() -> None:
 def test_nine_channel_model_is_inpainting_only() -> None:
     with pytest.raises(RuntimeError, match="StableDiffusionInpaintPipeline"):
         ov_genai.Text2ImagePipeline(model_dir("sd15-inpaint"), "CPU", **F32)
+
+
+# ----- SD3 and LCM: what OpenVINO GenAI 2026.4 does with them (the server's family rules rest on it) -----
+@pytest.mark.parametrize(("name", "cls"), [
+    ("sd3", ov_genai.Text2ImagePipeline), ("sd3", ov_genai.Image2ImagePipeline), ("sd3", ov_genai.InpaintingPipeline),
+    ("lcm", ov_genai.Text2ImagePipeline), ("lcm", ov_genai.Image2ImagePipeline), ("lcm", ov_genai.InpaintingPipeline),
+])
+def test_new_families_run_every_task(name: str, cls: type) -> None:
+    pipe = cls(model_dir(name), "CPU", **F32)
+    config = pipe.get_generation_config()
+    inputs: tuple = ()
+    if cls is not ov_genai.Text2ImagePipeline:
+        inputs = (noise_image(EDIT_SIZE),) if cls is ov_genai.Image2ImagePipeline else (
+            noise_image(EDIT_SIZE), square_mask(EDIT_SIZE))
+    first = pixels(pipe.generate(PROMPT, *inputs, num_inference_steps=4, rng_seed=2, width=64, height=64))
+    again = pixels(pipe.generate(PROMPT, *inputs, num_inference_steps=4, rng_seed=2, width=64, height=64))
+    assert first.shape == (1, 64, 64, 3)
+    assert np.array_equal(first, again)
+    assert first.std() > 1
+    # the model's own defaults, which the server reports and uses
+    expected = {"sd3": (7.0, 28, 256), "lcm": (8.5, 4, -1)}[name]
+    assert (config.guidance_scale, config.num_inference_steps, config.max_sequence_length) == expected
+
+
+@pytest.mark.parametrize(("first", "then"), [(7.0, 1.0), (1.0, 7.0)])
+def test_sd3_fixes_guidance_on_or_off_at_its_first_generate(first: float, then: float) -> None:
+    """Why the server refuses an SD3 request whose guidance_scale turns classifier-free guidance the
+    other way than the model's default: the pipeline fails every such request after its first one."""
+    pipe = ov_genai.Text2ImagePipeline(model_dir("sd3"), "CPU", **F32)
+    pipe.generate(PROMPT, num_inference_steps=1, rng_seed=1, guidance_scale=first)
+    with pytest.raises(RuntimeError):
+        pipe.generate(PROMPT, num_inference_steps=1, rng_seed=1, guidance_scale=then)
+    assert pixels(pipe.generate(PROMPT, num_inference_steps=1, rng_seed=1, guidance_scale=first)).shape[0] == 1
+
+
+def test_sd3_inpainting_is_one_image_at_a_time() -> None:
+    pipe = ov_genai.InpaintingPipeline(model_dir("sd3"), "CPU", **F32)
+    with pytest.raises(RuntimeError, match="Batch size 1"):
+        pipe.generate(PROMPT, noise_image(EDIT_SIZE), square_mask(EDIT_SIZE), num_inference_steps=2,
+                      num_images_per_prompt=2)
+
+
+def test_lcm_derived_pipelines_equal_loaded_ones() -> None:
+    """LCM derives like SD1.5 (the server shares one weight load per set); SD3 does not (see pipelines.py)."""
+    inpaint = ov_genai.InpaintingPipeline(model_dir("lcm"), "CPU", **F32)
+    t2i = ov_genai.Text2ImagePipeline(ov_genai.Image2ImagePipeline(inpaint))
+    direct = ov_genai.Text2ImagePipeline(model_dir("lcm"), "CPU", **F32)
+    kwargs = {"num_inference_steps": 3, "rng_seed": 4}
+    assert np.array_equal(pixels(t2i.generate(PROMPT, **kwargs)), pixels(direct.generate(PROMPT, **kwargs)))
+
+
+def test_lcm_guidance_is_an_embedding_not_cfg() -> None:
+    """Guidance changes the image through the UNet's timestep_cond; GenAI refuses a negative prompt
+    (there is no unconditional pass to steer away from)."""
+    pipe = ov_genai.Text2ImagePipeline(model_dir("lcm"), "CPU", **F32)
+    kwargs = {"num_inference_steps": 2, "rng_seed": 6}
+    base = pixels(pipe.generate(PROMPT, guidance_scale=8.5, **kwargs))
+    assert mean_abs_diff(base, pixels(pipe.generate(PROMPT, guidance_scale=1.5, **kwargs))) > 0.1
+    with pytest.raises(RuntimeError, match="Negative prompt is not used by Latent Consistency Model"):
+        pipe.generate(PROMPT, negative_prompt="blue", **kwargs)
