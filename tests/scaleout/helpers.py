@@ -229,16 +229,35 @@ class Traffic:
         self.outcomes: list[Outcome] = []
         self.lock = threading.Lock()
         self.stopping = threading.Event()
+        self.going = threading.Event()
+        self.going.set()
+        self.idle = [threading.Event() for _ in range(clients)]
         self.threads = [threading.Thread(target=self._run, args=(i,), name=f"client-{i}") for i in range(clients)]
 
     def _run(self, client: int) -> None:
         i = 0
         while not self.stopping.is_set():
+            if not self.going.is_set():
+                self.idle[client].set()
+                self.going.wait()
+                continue
             outcome = generation(self.url, {"prompt": f"client {client} request {i}", "rng_seed": i},
                                  f"client-{client}-{i}")
             with self.lock:
                 self.outcomes.append(outcome)
             i += 1
+
+    def pause(self) -> None:
+        """Stop sending; returns once no client has a request open."""
+        self.going.clear()
+        for idle in self.idle:
+            if not idle.wait(timeout=LIMIT):
+                raise AssertionError("a client request did not end")
+
+    def resume(self) -> None:
+        for idle in self.idle:
+            idle.clear()
+        self.going.set()
 
     def __enter__(self) -> Traffic:
         for thread in self.threads:
@@ -247,6 +266,7 @@ class Traffic:
 
     def __exit__(self, *exc: object) -> None:
         self.stopping.set()
+        self.going.set()
         for thread in self.threads:
             thread.join(timeout=LIMIT)
 
