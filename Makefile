@@ -84,6 +84,7 @@ $(BENCH_MODEL)/MANIFEST.json:
 bench: install
 	$(PY) bench/bench_image_gen.py
 	$(PY) bench/bench_lora.py
+	$(PY) bench/bench_soak.py
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
