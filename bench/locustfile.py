@@ -11,7 +11,7 @@ image, an unknown field, a wrong type, in turn.
 A response passes when:
 
 * its status is 200 (hostile: a 4xx) or 503 (queue full: the user waits the Retry-After, at most
-  1 s, and goes on with its cycle), and for a normal request never any other 4xx;
+  1 s, and sends the request again, up to 5 times in all), and for a normal request never any other 4xx;
 * no body carries a Python traceback;
 * a 200 carries images: ``data[*].b64_json`` decodes to an image, or the stream ends with exactly one
   ``...completed`` event and no ``error`` event.
@@ -57,6 +57,7 @@ MAX_REQUEST_SIZE = int(os.environ.get("OVMS_SOAK_MAX_REQUEST_SIZE", str(64 * 102
 STOP_AFTER = int(os.environ.get("OVMS_SOAK_REQUESTS", "0"))
 REPORT = os.environ.get("OVMS_SOAK_REPORT")
 TIMEOUT = 300  # seconds; a safety net, not a latency bound
+ATTEMPTS = 5  # per request, when the answer is 503
 
 GENERATIONS, EDITS = "/v3/images/generations", "/v3/images/edits"
 CYCLE = ["generate", "lora", "edit", "stream", "lora", "hostile", "generate", "inpaint", "lora", "stream"]
@@ -142,8 +143,16 @@ class ImageServingUser(HttpUser):
 
     # ----- sending and judging -----
     def send(self, kind: str, path: str, *, stream: bool = False, **kwargs: Any) -> None:
+        """Send, judge and record; on 503 wait the Retry-After (at most 1 s) and send again, up to
+        ``ATTEMPTS`` times, as a polite client does (every attempt is recorded)."""
+        for _ in range(ATTEMPTS):
+            status, retry_after = self.attempt(kind, path, stream=stream, **kwargs)
+            if status != 503:
+                return
+            time.sleep(retry_after)  # gevent's sleep: Locust has monkeypatched time
+
+    def attempt(self, kind: str, path: str, *, stream: bool, **kwargs: Any) -> tuple[int, float]:
         started = time.perf_counter()
-        retry_after = 0.0
         with self.client.post(path, name=kind, catch_response=True, stream=stream, timeout=TIMEOUT,
                               **kwargs) as response:
             status = response.status_code
@@ -162,12 +171,11 @@ class ImageServingUser(HttpUser):
                 response.success()
             else:
                 response.failure(problem)
-            if status == 503:
-                retry_after = min(float(response.headers.get("Retry-After") or 1), 1.0)
+            retry_after = min(float(response.headers.get("Retry-After") or 1), 1.0) if status == 503 else 0.0
         done = TALLY.record(kind, status, seconds, problem)
         if STOP_AFTER and done >= STOP_AFTER and self.environment.runner is not None:
             self.environment.runner.quit()
-        time.sleep(retry_after)  # gevent's sleep: Locust has monkeypatched time
+        return status, retry_after
 
 
 def _collect(lines: Iterator[str], into: list[str]) -> Iterator[str]:

@@ -3,7 +3,8 @@
 
 Every response is 200, a 4xx (hostile requests only) or 503 (queue full); no body carries a
 traceback; every kind of request is served; the server is still ready afterwards. The queue is kept
-at one waiting request so that 503s happen too. bench/bench_soak.py is the long run.
+at one waiting request so that 503s happen too (users then retry after Retry-After).
+bench/bench_soak.py is the long run.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 LOCUSTFILE = REPO / "bench" / "locustfile.py"
 CONFIG = REPO / "graphs" / "lora-dynamic" / "config.json"
 MAX_REQUEST_SIZE = 1 << 20
-USERS = 4
+USERS = len(HOSTILE)  # user k starts its cycles at request k and hostile kind k: all are sent early
 
 
 def test_soak_mix_gets_only_200_4xx_or_503_and_the_server_stays_ready(tmp_path: Path) -> None:
