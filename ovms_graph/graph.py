@@ -3,7 +3,8 @@
 :meth:`Graph.load` parses and validates a graph.pbtxt, then builds every node's load-time resources
 once (the ``IMAGE_GEN_NODE_RESOURCES`` side packet, keyed by node name as OVMS does).
 :meth:`Graph.run` pushes one request's packets through the nodes on asyncio: blocking ``process``
-calls run in a bounded thread pool, packets on a stream reach consumers in emit order, a failing
+calls run in a bounded thread pool (a node whose whole input comes with the request runs ``open``,
+``process`` and ``close`` in one worker thread, one hop), packets on a stream reach consumers in emit order, a failing
 node ends the request with a typed error after every opened node was closed, and the graph stays
 usable for the next request.
 """
@@ -11,6 +12,7 @@ usable for the next request.
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import itertools
 import logging
@@ -193,7 +195,21 @@ class Graph:
         calc = rt.calculator(rt.spec, rt.side_packets)
         cc = CalculatorContext(node=rt.spec, options=rt.options, side_packets=rt.side_packets,
                                request=request, emit=emit)
+        inbox = _Inbox(inputs)
+        try:
+            if inbox.complete() and not any(inspect.iscoroutinefunction(fn)
+                                            for fn in (calc.open, calc.process, calc.close)):
+                # Every input packet is already here (a node fed by the request itself): the whole
+                # open / process / close sequence runs in one worker thread, one hop instead of three.
+                await loop.run_in_executor(executor, _run_sync, calc, cc, inbox, request)
+            else:
+                await self._run_async(calc, cc, inbox, request, executor, loop)
+        finally:
+            for stream in outputs.values():
+                loop.call_soon_threadsafe(publish, stream, _END)
 
+    async def _run_async(self, calc: Calculator, cc: CalculatorContext, inbox: _Inbox, request: RequestContext,
+                         executor: Executor | None, loop: asyncio.AbstractEventLoop) -> None:
         async def call(fn: Callable[[CalculatorContext], Any]) -> None:
             if inspect.iscoroutinefunction(fn):
                 await fn(cc)
@@ -204,39 +220,102 @@ class Graph:
         try:
             await call(calc.open)
             opened = True
-            if not inputs:
+            if not inbox.keys:
                 await call(calc.process)
-            else:
-                heads: dict[str, tuple[int, Any] | None] = {}
-                ended: set[str] = set()
-                while True:
-                    for key, q in inputs.items():
-                        if key not in ended and heads.get(key) is None:
-                            item = await q.get()
-                            if item is _END:
-                                ended.add(key)
-                            else:
-                                heads[key] = item
-                    ready = {k: v for k, v in heads.items() if v is not None}
-                    if not ready:
-                        break
-                    ts = min(v[0] for v in ready.values())
-                    cc.inputs = {k: v[1] for k, v in ready.items() if v[0] == ts}
-                    cc.timestamp = ts
-                    for k in cc.inputs:
-                        heads[k] = None
-                    if request.cancelled:
-                        raise RequestCancelled("the client went away")
-                    await call(calc.process)
+                return
+            while True:
+                for key in inbox.missing():
+                    inbox.accept(key, await inbox.get(key))
+                if not inbox.next_set(cc):
+                    break
+                if request.cancelled:
+                    raise RequestCancelled("the client went away")
+                await call(calc.process)
         finally:
             if opened:
                 try:
                     await asyncio.shield(call(calc.close))
                 except Exception:
-                    log.exception('close() of node "%s" failed', rt.spec.label)
-            for stream in outputs.values():
-                loop.call_soon_threadsafe(publish, stream, _END)
+                    log.exception('close() of node "%s" failed', cc.node.label)
 
+
+class _Inbox:
+    """One node's input queues for one request, and the packet sets they form (MediaPipe's default
+    input policy: each set holds the packets of the smallest pending timestamp)."""
+
+    def __init__(self, queues: dict[str, asyncio.Queue[Any]]) -> None:
+        self.queues = queues
+        self.keys = list(queues)
+        self._buffered: dict[str, collections.deque[Any]] = {key: collections.deque() for key in queues}
+        self._heads: dict[str, tuple[int, Any] | None] = {}
+        self._ended: set[str] = set()
+
+    def complete(self) -> bool:
+        """Move every packet already queued into the buffers; True when every stream has ended,
+        i.e. the whole input of this request is here."""
+        done = True
+        for key, q in self.queues.items():
+            buffered = self._buffered[key]
+            while not (buffered and buffered[-1] is _END):
+                try:
+                    buffered.append(q.get_nowait())
+                except asyncio.QueueEmpty:
+                    done = False
+                    break
+        return done
+
+    async def get(self, key: str) -> Any:
+        buffered = self._buffered[key]
+        return buffered.popleft() if buffered else await self.queues[key].get()
+
+    def pop(self, key: str) -> Any:
+        """The next buffered item of ``key``; only after :meth:`complete` returned True."""
+        return self._buffered[key].popleft()
+
+    def missing(self) -> list[str]:
+        """Streams still open whose next packet has not been taken yet."""
+        return [key for key in self.keys if key not in self._ended and self._heads.get(key) is None]
+
+    def accept(self, key: str, item: Any) -> None:
+        if item is _END:
+            self._ended.add(key)
+        else:
+            self._heads[key] = item
+
+    def next_set(self, cc: CalculatorContext) -> bool:
+        """Put the next packet set into ``cc.inputs`` / ``cc.timestamp``; False when none is left."""
+        ready = {k: v for k, v in self._heads.items() if v is not None}
+        if not ready:
+            return False
+        ts = min(v[0] for v in ready.values())
+        cc.inputs = {k: v[1] for k, v in ready.items() if v[0] == ts}
+        cc.timestamp = ts
+        for k in cc.inputs:
+            self._heads[k] = None
+        return True
+
+
+def _run_sync(calc: Calculator, cc: CalculatorContext, inbox: _Inbox, request: RequestContext) -> None:
+    """open, process per packet set, close (whenever open succeeded), in the calling thread; the
+    inbox must be complete."""
+    calc.open(cc)
+    try:
+        if not inbox.keys:
+            calc.process(cc)
+            return
+        while True:
+            for key in inbox.missing():
+                inbox.accept(key, inbox.pop(key))
+            if not inbox.next_set(cc):
+                break
+            if request.cancelled:
+                raise RequestCancelled("the client went away")
+            calc.process(cc)
+    finally:
+        try:
+            calc.close(cc)
+        except Exception:
+            log.exception('close() of node "%s" failed', cc.node.label)
 
 def _typed(exc: BaseException, request: RequestContext) -> RequestError:
     if isinstance(exc, RequestError):

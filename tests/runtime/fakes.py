@@ -70,11 +70,15 @@ class Recorder(Calculator):
     outputs = (Port("TEXT", str, "same text"),)
     events: list[str] = []
     threads: list[str] = []
+    #: The thread of every open, process and close call, in call order.
+    hook_threads: list[str] = []
 
     def open(self, cc: CalculatorContext) -> None:
+        Recorder.hook_threads.append(threading.current_thread().name)
         Recorder.events.append("open")
 
     def process(self, cc: CalculatorContext) -> None:
+        Recorder.hook_threads.append(threading.current_thread().name)
         Recorder.threads.append(threading.current_thread().name)
         Recorder.events.append("process")
         if cc.inputs["TEXT"] == "boom":
@@ -82,6 +86,7 @@ class Recorder(Calculator):
         cc.emit("TEXT", cc.inputs["TEXT"])
 
     def close(self, cc: CalculatorContext) -> None:
+        Recorder.hook_threads.append(threading.current_thread().name)
         Recorder.events.append("close")
 
 

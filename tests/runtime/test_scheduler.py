@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,41 @@ async def test_blocking_process_runs_off_the_event_loop_and_close_follows_open(t
     assert await collect(graph, {"TEXT": "hi"}) == [("TEXT", "hi")]
     assert fakes.Recorder.events == ["open", "process", "close"]
     assert fakes.Recorder.threads and fakes.Recorder.threads[0] != threading.main_thread().name
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    def __init__(self) -> None:
+        super().__init__(max_workers=4)
+        self.submitted = 0
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+@pytest.mark.parametrize(("feed", "hops"), [("in", 1 + 1), ("upper", 1 + 3)])
+async def test_a_node_fed_by_the_request_takes_one_thread_hop_for_open_process_close(
+        tmp_path: Path, feed: str, hops: int) -> None:
+    # Upper is fed by the request (one hop); Recorder too, or by Upper (a hop per hook: its input
+    # arrives while it runs). Every hook still runs off the event loop, in order.
+    fakes.Recorder.hook_threads.clear()
+    fakes.Recorder.events.clear()
+    graph = load(tmp_path, f"""
+        input_stream: "TEXT:in"
+        output_stream: "TEXT:out"
+        output_stream: "TEXT:upper"
+        node {{ calculator: "Upper" input_stream: "TEXT:in" output_stream: "TEXT:upper" }}
+        node {{ calculator: "Recorder" input_stream: "TEXT:{feed}" output_stream: "TEXT:out" }}
+    """)
+    executor = CountingExecutor()
+    try:
+        out = [item async for item in graph.run({"TEXT": "hi"}, RequestContext(), executor)]
+    finally:
+        executor.shutdown()
+    assert ("TEXT", "hi" if feed == "in" else "HI") in out
+    assert fakes.Recorder.events == ["open", "process", "close"]
+    assert threading.main_thread().name not in fakes.Recorder.hook_threads
+    assert executor.submitted == hops
 
 
 async def test_failing_node_is_closed_and_the_graph_serves_the_next_request(tmp_path: Path) -> None:
