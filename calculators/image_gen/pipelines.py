@@ -1,8 +1,8 @@
 """OpenVINO GenAI pipelines of one ImageGenCalculator node: what the model is, and a pool of sets.
 
 :class:`ModelInfo` is read from the model folder (``model_index.json`` and the submodels'
-``config.json``) without loading anything: the family (SD, SDXL, SD3, FLUX), whether it is an
-inpainting variant, the prompt fields it uses and the pixel multiple sizes must respect.
+``config.json``, and the UNet IR's shapes) without compiling anything: the family (SD, SDXL, SD3, FLUX),
+whether it is an inpainting variant, the prompt fields it uses and the pixel multiple sizes must respect.
 
 A :class:`PipelineSet` is one inpainting, one image-to-image and one text-to-image pipeline sharing
 one weight load (inpainting loaded from disk, image-to-image derived from it, text-to-image from
@@ -29,6 +29,7 @@ from typing import Any
 
 from calculators.image_gen.lora import LoraPlan
 from calculators.image_gen.options import NodeSettings, Resolution
+from calculators.image_gen.sizes import unet_latent_multiple
 from ovms_graph.errors import RequestCancelled, ServiceUnavailable
 
 log = logging.getLogger("calculators.image_gen")
@@ -145,9 +146,12 @@ def read_model_info(models_path: Path) -> ModelInfo:
     vae_scale = 2 ** (len(blocks) - 1) if isinstance(blocks, list) and blocks else 8
     multiple = vae_scale
     unet_blocks = unet.get("block_out_channels")
-    if isinstance(unet_blocks, list) and unet_blocks:
-        # An exported UNet upsamples by exactly 2 per block: the latent must survive every
-        # downsampling evenly (SD 1.5: 8 * 2**3 = 64 pixels), or inference fails on a concat.
+    # The UNet IR decides (see calculators.image_gen.sizes); only when it cannot tell, the config's
+    # block count gives the strictest rule an export may have (upsampling by exactly 2 per block).
+    latent = unet_latent_multiple(models_path / "unet" / "openvino_model.xml")
+    if latent is not None:
+        multiple = vae_scale * latent
+    elif isinstance(unet_blocks, list) and unet_blocks:
         multiple = vae_scale * 2 ** (len(unet_blocks) - 1)
     elif family is Family.FLUX:
         multiple = vae_scale * 2  # latents are packed 2x2
@@ -175,8 +179,10 @@ class ModelDefaults:
     guidance_scale: float
     #: The T5 sequence length; OpenVINO GenAI 2026.4 fixes it at a pipeline's first generate.
     max_sequence_length: int = 512
-    #: How much of an edit's input image is noised when the request gives no strength.
+    #: How much of an edit's input image is noised when the request gives no strength: image-to-image.
     strength: float = 0.8
+    #: The same for inpainting (OpenVINO GenAI's inpainting pipelines default to 1.0).
+    inpainting_strength: float = 1.0
 
 
 @dataclass
@@ -356,14 +362,19 @@ class ImageGenResources:
 
 
 def model_defaults(pipes: PipelineSet) -> ModelDefaults:
-    """Default size and guidance of the model, from the generation config of any built pipeline."""
-    for task in (Task.TEXT2IMAGE, Task.IMAGE2IMAGE, Task.INPAINTING):
+    """Default size and guidance of the model, from the generation config of any built pipeline; the
+    default strengths from each edit pipeline's own config (that is what its generate uses)."""
+    built = [pipes.pipelines[t] for t in (Task.TEXT2IMAGE, Task.IMAGE2IMAGE, Task.INPAINTING) if t in pipes.pipelines]
+    if not built:
+        raise ValueError("no pipeline was built")
+    config = built[0].get_generation_config()
+
+    def strength(task: Task) -> float:
         pipe = pipes.pipelines.get(task)
-        if pipe is not None:
-            config = pipe.get_generation_config()
-            return ModelDefaults(Resolution(int(config.width), int(config.height)), float(config.guidance_scale),
-                                 int(config.max_sequence_length), float(config.strength))
-    raise ValueError("no pipeline was built")
+        return float((pipe.get_generation_config() if pipe is not None else config).strength)
+
+    return ModelDefaults(Resolution(int(config.width), int(config.height)), float(config.guidance_scale),
+                         int(config.max_sequence_length), strength(Task.IMAGE2IMAGE), strength(Task.INPAINTING))
 
 
 def build_resources(node: str, settings: NodeSettings, info: ModelInfo, lora: LoraPlan, *,

@@ -30,6 +30,7 @@ from calculators.image_gen.images import (
 )
 from calculators.image_gen.options import MAX_RNG_SEED, NodeSettings, Resolution
 from calculators.image_gen.pipelines import ModelDefaults, ModelInfo, Task
+from calculators.image_gen.sizes import nearest_sizes, size_problem
 from ovms_graph.errors import BadRequest
 from ovms_graph.packets import HttpPayload, MultipartView
 
@@ -484,17 +485,6 @@ def _build(f: _Fields, rules: RequestRules, *, route: str, form: MultipartView |
             raise BadRequest("strength is greater than maxStrength: 1", param="strength")
         if strength < 0.0:
             raise BadRequest("strength is less than minStrength: 0", param="strength")
-    if route == EDITS:
-        # The scheduler keeps int(steps * strength) steps (in float32, as GenAI computes it); zero
-        # fails inside generate, also with the model's default strength.
-        effective_strength = strength if strength is not None else rules.defaults.strength
-        if int(np.float32(steps) * np.float32(effective_strength)) < 1:
-            if strength is not None:
-                raise BadRequest(f"strength {strength:g} with num_inference_steps {steps} leaves no denoising "
-                                 "step (num_inference_steps * strength must be at least 1)", param="strength")
-            raise BadRequest(f"num_inference_steps {steps} with the default strength {effective_strength:g} leaves "
-                             "no denoising step (num_inference_steps * strength must be at least 1)",
-                             param="num_inference_steps")
 
     max_len = f.get_int("max_sequence_length")
     if max_len is not None and not 1 <= max_len <= MAX_SEQUENCE_LENGTH:
@@ -523,6 +513,7 @@ def _build(f: _Fields, rules: RequestRules, *, route: str, form: MultipartView |
             raise BadRequest(f"exactly one mask is supported, got {len(masks)}", param="mask")
         task = Task.INPAINTING if masks else Task.IMAGE2IMAGE
         _check_task(task, rules)
+        _check_strength(steps, strength, task, rules)
         single = info.single_image_reason(task)
         if single is not None and num_images > 1:
             raise BadRequest(f"{single} supports one image per request, got {n_name}={num_images}", param=n_name)
@@ -547,6 +538,21 @@ def _build(f: _Fields, rules: RequestRules, *, route: str, form: MultipartView |
         partial_images=partial_images, lora_alphas=lora_alphas, quality=QUALITY_ECHO[quality or "auto"],
         end_user=end_user, image=image, mask=mask,
     )
+
+
+def _check_strength(steps: int, strength: float | None, task: Task, rules: RequestRules) -> None:
+    """The scheduler keeps int(steps * strength) steps (in float32, as GenAI computes it); zero fails
+    inside generate, also with the task's default strength."""
+    default = rules.defaults.inpainting_strength if task is Task.INPAINTING else rules.defaults.strength
+    effective = strength if strength is not None else default
+    if int(np.float32(steps) * np.float32(effective)) >= 1:
+        return
+    if strength is not None:
+        raise BadRequest(f"strength {strength:g} with num_inference_steps {steps} leaves no denoising "
+                         "step (num_inference_steps * strength must be at least 1)", param="strength")
+    raise BadRequest(f"num_inference_steps {steps} with the default strength {effective:g} leaves "
+                     "no denoising step (num_inference_steps * strength must be at least 1)",
+                     param="num_inference_steps")
 
 
 def _end_user(f: _Fields) -> str | None:
@@ -654,9 +660,17 @@ def _check_size(requested: _SizeRequest, default: Resolution, rules: RequestRule
                       requested.height if requested.height is not None else default.height)
     explicit = requested.width is not None or requested.height is not None
     for side, value in (("width", size.width), ("height", size.height)):
-        if value % multiple:
+        problem = size_problem(side, value, multiple)
+        if problem is not None:
             blame = side if requested.param != "size" else "size"
-            raise BadRequest(f"{side} must be divisible by {multiple}, got {value}", param=blame)
+            limit = None if settings.static_resolutions else settings.max_resolution
+            near = [r for r in nearest_sizes(size, multiple, limit)
+                    if not settings.static_resolutions or r in settings.static_resolutions]
+            if settings.static_resolutions and not near:
+                near = list(settings.static_resolutions)
+            if near:
+                problem += f"; nearest sizes that work: {', '.join(str(r) for r in near)}"
+            raise BadRequest(problem, param=blame)
     param = requested.param if explicit else None
     if settings.static_resolutions:
         if size not in settings.static_resolutions:

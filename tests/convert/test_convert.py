@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from ovms_graph.cli import PullOptions
-from ovms_graph.pull import pull_model, run_pull
+from ovms_graph.pull import convert_model, pull_model, run_pull
 from tests.pull.fake_hub import FakeHub
 
 
@@ -51,3 +52,54 @@ def test_a_conversion_that_fails_leaves_no_model(hub: FakeHub, tmp_path: Path,
     assert "Traceback" not in err.splitlines()[0]
     assert not (repo / "tiny" / "broken-diffusers").exists()
     assert not (repo / "tiny" / ".broken-diffusers.convert").exists()
+
+
+@pytest.fixture(scope="module")
+def optimum_sd15(diffusers_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny 2-block SD1.5 exported by optimum-intel (``optimum-cli export openvino``), as the
+    OpenVINO models on the Hugging Face hub are."""
+    out = tmp_path_factory.mktemp("optimum") / "tiny-sd15-ov"
+    convert_model(diffusers_model, out, "fp32", source="tiny/sd15-diffusers", pipeline="StableDiffusionPipeline")
+    return out
+
+
+def test_an_optimum_export_serves_every_multiple_of_8(optimum_sd15: Path, tmp_path: Path) -> None:
+    """SPEC §9: optimum's UNet upsamples to its skip connection's size, so 64x56 generates (the
+    project's own exporter needs 16-pixel steps on the same architecture); edits default to the input
+    size rounded down to a multiple of 8."""
+    import openvino_genai
+
+    from calculators.image_gen.pipelines import read_model_info
+    from calculators.image_gen.sizes import unet_latent_multiple
+    from ovms_graph.errors import BadRequest
+    from ovms_graph.packets import HttpPayload, MultipartView, UploadedFile
+    from ovms_graph.testing import CalculatorRunner
+    from tests.calculators.image_gen.helpers import F32, node_text, pixels, png_bytes, registry
+
+    assert unet_latent_multiple(optimum_sd15 / "unet" / "openvino_model.xml") == 1
+    assert read_model_info(optimum_sd15).size_multiple == 8
+    genai = openvino_genai.Text2ImagePipeline(str(optimum_sd15), "CPU", INFERENCE_PRECISION_HINT="f32")
+    assert list(genai.generate("a red circle", width=64, height=56, num_inference_steps=1).shape) == [1, 56, 64, 3]
+
+    def generation(body: dict[str, object]) -> HttpPayload:
+        return HttpPayload(uri="/v3/images/generations", method="POST", headers={}, body=b"",
+                           route="images/generations", model="graph", parsed_json=body)
+
+    with CalculatorRunner(node_text(f'models_path: "{optimum_sd15}"', f"plugin_config: '{F32}'",
+                                    "default_num_inference_steps: 1"),
+                          registry=registry(), graph_file=tmp_path / "graph.pbtxt") as node:
+        for size in ("64x56", "40x24", "8x8"):
+            ((_, response),) = node.run({"HTTP_REQUEST_PAYLOAD": generation({"prompt": "a red circle", "size": size})})
+            width, height = map(int, size.split("x"))
+            assert pixels(json.loads(response.body)["data"][0]["b64_json"]).shape == (height, width, 3)
+        with pytest.raises(BadRequest) as info:
+            node.run({"HTTP_REQUEST_PAYLOAD": generation({"prompt": "a red circle", "size": "60x64"})})
+        assert (info.value.param, info.value.message) == (
+            "size", "width must be divisible by 8, got 60; nearest sizes that work: 56x64, 64x64")
+
+        form = MultipartView(fields={"prompt": ("a red circle",), "num_inference_steps": ("2",)},
+                             files={"image": (UploadedFile("image", "in.png", "image/png", png_bytes(60, 44)),)})
+        edit = HttpPayload(uri="/v3/images/edits", method="POST", headers={}, body=b"", route="images/edits",
+                           model="graph", multipart=form)
+        ((_, response),) = node.run({"HTTP_REQUEST_PAYLOAD": edit})
+        assert pixels(json.loads(response.body)["data"][0]["b64_json"]).shape == (40, 56, 3)

@@ -23,6 +23,7 @@ SETTINGS = NodeSettings(models_path=Path("."), max_resolution=Resolution(512, 51
                         default_num_inference_steps=20, max_num_inference_steps=50)
 SD = ModelInfo("StableDiffusionPipeline", Family.SD, False, 4, 8)
 SD_INPAINT = ModelInfo("StableDiffusionInpaintPipeline", Family.SD, True, 9, 8)
+SD16 = ModelInfo("StableDiffusionPipeline", Family.SD, False, 4, 16)  # the project's 2-block exporter
 SDXL = ModelInfo("StableDiffusionXLPipeline", Family.SDXL, False, 4, 8)
 SD3 = ModelInfo("StableDiffusion3Pipeline", Family.SD3, False, 16, 16)
 FLUX = ModelInfo("FluxPipeline", Family.FLUX, False, 64, 16)
@@ -139,15 +140,31 @@ GENERATION_ERRORS: list[tuple[str, Any, RequestRules, str, str | None]] = [
      "size and width/height are mutually exclusive; set only one", "size"),
     ("width zero", {**P, "width": 0, "height": 64}, RULES, "width must be higher than 0", "width"),
     ("height negative", {**P, "height": -8}, RULES, "height must be higher than 0", "height"),
-    ("width not a multiple of 8", {**P, "width": 100, "height": 64}, RULES, "width must be divisible by 8, got 100",
-     "width"),
-    ("size not a multiple of 8", {**P, "size": "64x100"}, RULES, "height must be divisible by 8, got 100", "size"),
+    # SPEC §9: a size the model cannot generate names the field and the nearest sizes that work.
+    ("width not a multiple of 8", {**P, "width": 100, "height": 64}, RULES,
+     "width must be divisible by 8, got 100; nearest sizes that work: 96x64, 104x64", "width"),
+    ("size not a multiple of 8", {**P, "size": "64x100"}, RULES,
+     "height must be divisible by 8, got 100; nearest sizes that work: 64x96, 64x104", "size"),
+    ("both sides off the step", {**P, "size": "60x100"}, RULES,
+     "width must be divisible by 8, got 60; nearest sizes that work: 56x96, 56x104, 64x96, 64x104", "size"),
+    ("nearest sizes stay within max_resolution", {**P, "size": "516x64"}, RULES,
+     "width must be divisible by 8, got 516; nearest sizes that work: 512x64", "size"),
+    ("a side beyond max_resolution and off the step", {**P, "size": "1001x64"}, RULES,
+     "width must be divisible by 8, got 1001; nearest sizes that work: 512x64", "size"),
+    ("a side below the step", {**P, "width": 4, "height": 64}, RULES,
+     "width must be divisible by 8, got 4; nearest sizes that work: 8x64", "width"),
+    ("static: nearest among the static sizes", {**P, "size": "64x60"}, MULTI_STATIC,
+     "height must be divisible by 8, got 60; nearest sizes that work: 64x64", "size"),
+    ("static: the static sizes when none is near", {**P, "size": "300x60"}, MULTI_STATIC,
+     "width must be divisible by 8, got 300; nearest sizes that work: 64x64, 128x64", "size"),
+    ("a UNet that needs latent multiples of 2", {**P, "width": 64, "height": 56}, replace(RULES, info=SD16),
+     "height must be divisible by 16, got 56; nearest sizes that work: 64x48, 64x64", "height"),
     ("size beyond max", {**P, "size": "1024x512"}, RULES,
      "requested resolution 1024x512 exceeds max_resolution 512x512", "size"),
     ("height beyond max", {**P, "height": 520}, RULES, "requested resolution 64x520 exceeds max_resolution 512x512",
      "height"),
     ("FLUX needs multiples of 16", {**P, "size": "72x64"}, replace(RULES, info=FLUX),
-     "width must be divisible by 16, got 72", "size"),
+     "width must be divisible by 16, got 72; nearest sizes that work: 64x64, 80x64", "size"),
     ("strength on generations", {**P, "strength": 0.5}, RULES, "strength is only supported by images/edits",
      "strength"),
     ("prompt_2 on SD", {**P, "prompt_2": "x"}, RULES,
@@ -539,3 +556,11 @@ def test_edits_need_one_denoising_step_with_the_default_strength_too(
         fields: dict[str, str], message: str, param: str) -> None:
     assert error(lambda: edit({"prompt": "a cat", **fields})) == (message, param)
     assert edit({"prompt": "a cat", "num_inference_steps": "2"}).strength is None
+
+
+def test_inpainting_defaults_to_its_own_pipelines_strength() -> None:
+    """OpenVINO GenAI's inpainting pipelines default to strength 1.0, image-to-image to 0.8: one step
+    inpaints, and is refused for image-to-image only."""
+    mask = {"image": [png_bytes(64, 64)], "mask": [png_bytes(64, 64, mode="L")]}
+    assert edit({"prompt": "a cat", "num_inference_steps": "1"}, mask).num_inference_steps == 1
+    assert error(lambda: edit({"prompt": "a cat", "num_inference_steps": "1"}))[1] == "num_inference_steps"
