@@ -41,6 +41,9 @@ def test_soak_mix_gets_only_200_4xx_or_503_and_the_server_stays_ready(tmp_path: 
         assert server.process.poll() is None
     assert server.process.returncode == 0, server.output()
     assert locust.returncode == 0, locust.stdout + locust.stderr
+    # Bad input is a 4xx, not a server error: nothing logged at ERROR, no traceback even in the log.
+    assert "Traceback" not in server.output()
+    assert [line for line in server.output().splitlines() if " ERROR " in line] == []
 
     kinds = {s.kind: s for s in summary(json.loads(report.read_text()))}
     assert list(kinds) == KINDS
