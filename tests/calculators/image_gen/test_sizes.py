@@ -100,3 +100,22 @@ def test_nearest_sizes(size: tuple[int, int], multiple: int, limit: tuple[int, i
                        nearest: list[tuple[int, int]]) -> None:
     found = nearest_sizes(Resolution(*size), multiple, Resolution(*limit) if limit else None)
     assert found == [Resolution(*n) for n in nearest]
+
+
+@pytest.mark.parametrize("model", ["sd15", "sdxl", "lcm", "sd3", "flux"])
+def test_the_size_rule_agrees_with_openvino_genai_for_every_family(model: str) -> None:
+    """UNets (SD, SDXL, LCM) by their IR, transformers (SD3, FLUX) by their patches: a size passes the
+    rule exactly when OpenVINO GenAI generates it."""
+    import openvino_genai
+
+    step = read_model_info(TINY / model).size_multiple
+    pipe = openvino_genai.Text2ImagePipeline(str(TINY / model), "CPU")
+    agreed = []
+    for width, height in [(48, 48), (32, 16), (64, 56), (40, 40), (24, 24)]:
+        try:
+            pipe.generate("a red circle", width=width, height=height, num_inference_steps=1)
+            generates = True
+        except RuntimeError:
+            generates = False
+        agreed.append((width % step == 0 and height % step == 0) == generates)
+    assert agreed == [True] * 5
