@@ -51,6 +51,8 @@ def test_a_replica_killed_mid_request_fails_only_what_it_ran_and_returns_to_rota
 
             # The slow request alone in flight shows which replica runs it: that one is killed.
             traffic.pause()
+            wait_for(lambda: all(in_flight(r, "tiny-sd") == 0 for r in replicas), "no request running",
+                     details=details)
             slow: list[Outcome] = []
             sender = threading.Thread(target=lambda: slow.append(generation(proxy.url, SLOW, "slow")))
             sender.start()

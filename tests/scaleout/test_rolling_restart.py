@@ -54,6 +54,7 @@ def test_rolling_restart_of_both_replicas_under_load_answers_every_request(tmp_p
         print(f"{len(outcomes)} requests through the proxy, {len(failed)} failed; served by "
               f"{ {n: sum(o.served_by == n for o in outcomes) for n in Proxy.SERVERS} }")
         assert failed == [], f"{failed[:5]}\n{details()}"
+        lame_duck_answers = 0
         for name, terminated, ready in windows:
             # The stream really ran through each restart (the assertion above is not vacuous).
             during = [o for o in outcomes if terminated < o.started < ready]
@@ -61,6 +62,9 @@ def test_rolling_restart_of_both_replicas_under_load_answers_every_request(tmp_p
             print(f"{name}: {len(during)} requests from SIGTERM until the new replica was ready, {lame} of them "
                   "answered by the old one in its lame duck")
             assert during, name
+            lame_duck_answers += lame
+        # Requests did reach a replica after its SIGTERM: without the lame duck those would have been 503s.
+        assert lame_duck_answers > 0
         assert proxy.process.poll() is None, proxy.output()
     finally:
         if proxy is not None:
