@@ -66,6 +66,7 @@ from calculators.image_gen.pipelines import (
     read_model_info,
 )
 from calculators.image_gen.request import EDITS, ImageRequest, RequestRules, parse_request
+from calculators.image_gen.sizes import nearest_sizes
 from calculators.image_gen.streaming import StepCallback, StreamShape
 from calculators.protos.image_gen_calculator_pb2 import ImageGenCalculatorOptions
 from ovms_graph.calculator import Calculator, CalculatorContext, LoadContext, NodeIssue, Port
@@ -89,8 +90,10 @@ def _size_issues(settings: NodeSettings, info: ModelInfo) -> list[NodeIssue]:
     named += [("resolution", r) for r in settings.static_resolutions]
     for name, res in named:
         if res is not None and (res.width % multiple or res.height % multiple):
+            near = ", ".join(str(r) for r in nearest_sizes(res, multiple, settings.max_resolution))
             issues.append(NodeIssue(f"{res}: width and height must be divisible by {multiple} for this "
-                                    f"{info.family.value} model", field=f"node_options.{name}"))
+                                    f"{info.family.value} model; nearest sizes that work: {near}",
+                                    field=f"node_options.{name}"))
     return issues
 
 

@@ -95,8 +95,10 @@ def test_model_index_without_class_is_an_option_problem(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("option", "field", "message"), [
     ('default_resolution: "40x40"', "default_resolution",
-     "40x40: width and height must be divisible by 16 for this SD model"),
-    ('resolution: "64x64 72x64"', "resolution", "72x64: width and height must be divisible by 16 for this SD model"),
+     "40x40: width and height must be divisible by 16 for this SD model; nearest sizes that work: 32x32, "
+     "32x48, 48x32, 48x48"),
+    ('resolution: "64x64 72x64"', "resolution", "72x64: width and height must be divisible by 16 for this SD model; "
+     "nearest sizes that work: 64x64, 80x64"),
 ])
 def test_configured_sizes_must_suit_the_model(tmp_path: Path, option: str, field: str, message: str) -> None:
     node = runner(tmp_path, f'models_path: "{TINY / "sd15"}"', option)
