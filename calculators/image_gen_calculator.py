@@ -55,9 +55,11 @@ import numpy as np
 from google.protobuf.message import Message
 
 from calculators.image_gen.images import encode_b64
-from calculators.image_gen.lora import LoraPlan
+from calculators.image_gen.lora import LoraPlan, read_lora_file
 from calculators.image_gen.options import NodeSettings, parse_options
 from calculators.image_gen.pipelines import (
+    UNET_FAMILIES,
+    Family,
     ImageGenResources,
     ModelInfo,
     PipelineSet,
@@ -94,6 +96,27 @@ def _size_issues(settings: NodeSettings, info: ModelInfo) -> list[NodeIssue]:
             issues.append(NodeIssue(f"{res}: width and height must be divisible by {multiple} for this "
                                     f"{info.family.value} model; nearest sizes that work: {near}",
                                     field=f"node_options.{name}"))
+    return issues
+
+
+#: Key prefixes of kohya adapters for UNet models (UNet, CLIP text encoders).
+_UNET_LORA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
+
+
+def _lora_family_issues(options: ImageGenCalculatorOptions, ctx: LoadContext, info: ModelInfo) -> list[NodeIssue]:
+    """Adapters the model's family cannot use: an adapter made only of UNet-model layers (kohya
+    ``lora_unet_...``/``lora_te_...``) on an SD3 or FLUX model, whose denoiser is a transformer;
+    OpenVINO GenAI would silently leave it unused. (UNet families check each layer in LoraPlan.)"""
+    if info.family in UNET_FAMILIES or info.family is Family.UNKNOWN:
+        return []
+    issues = []
+    for adapter in LoraPlan.from_options(options, ctx).adapters:
+        problem, keys = read_lora_file(adapter.path)
+        if problem is None and keys and all(k.startswith(_UNET_LORA_PREFIXES) for k in keys):
+            issues.append(NodeIssue(
+                f'LoRA adapter "{adapter.alias}": {adapter.path} is for UNet models (kohya lora_unet_/lora_te_ '
+                f"layers); {info.family.value} models have a transformer denoiser, so none of its layers can apply",
+                field=f"{adapter.field}.path"))
     return issues
 
 
@@ -150,6 +173,7 @@ class ImageGenCalculator(Calculator):
         """Every option rule (SPEC §4, §9) and every LoRA rule; reads files, loads no model."""
         typed = options if isinstance(options, ImageGenCalculatorOptions) else None
         settings, issues = parse_options(typed, ctx)
+        info: ModelInfo | None = None
         if settings is not None:
             try:
                 info = read_model_info(settings.models_path)
@@ -159,6 +183,8 @@ class ImageGenCalculator(Calculator):
                 issues.extend(_size_issues(settings, info))
         if typed is not None:
             issues.extend(LoraPlan.check(typed, ctx))
+            if settings is not None and info is not None:
+                issues.extend(_lora_family_issues(typed, ctx, info))
         return issues
 
     @classmethod

@@ -70,6 +70,8 @@ class NodeSettings:
     default_resolution: Resolution | None = None
     max_num_images_per_prompt: int = 10
     default_num_inference_steps: int = 50
+    #: Whether the node sets default_num_inference_steps (else some families use the model's own).
+    default_steps_given: bool = False
     max_num_inference_steps: int = 100
     static_resolutions: tuple[Resolution, ...] = ()
     static_num_images_per_prompt: int | None = None
@@ -272,6 +274,7 @@ def parse_options(options: ImageGenCalculatorOptions | None, ctx: LoadContext
         default_resolution=default_resolution,
         max_num_images_per_prompt=max_images,
         default_num_inference_steps=options.default_num_inference_steps,
+        default_steps_given=options.HasField("default_num_inference_steps"),
         max_num_inference_steps=options.max_num_inference_steps,
         static_resolutions=tuple(static),
         static_num_images_per_prompt=static_images,

@@ -50,7 +50,17 @@ class Family(enum.Enum):
     SDXL = "SDXL"
     SD3 = "SD3"
     FLUX = "FLUX"
+    LCM = "LCM"
     UNKNOWN = "unknown"
+
+
+class Guidance(enum.Enum):
+    """What ``guidance_scale`` means to a family."""
+
+    #: guidance_scale > 1 runs a second, unconditional pass per step (negative prompts steer it).
+    CLASSIFIER_FREE = "classifier-free guidance"
+    #: The scale enters the denoiser as an embedding: one pass per step, no negative prompt.
+    EMBEDDED = "a guidance embedding"
 
 
 #: Request text fields each family uses besides ``prompt``.
@@ -59,15 +69,36 @@ FAMILY_TEXT_FIELDS: Mapping[Family, frozenset[str]] = {
     Family.SDXL: frozenset({"prompt_2", "negative_prompt", "negative_prompt_2"}),
     Family.SD3: frozenset({"prompt_2", "prompt_3", "negative_prompt", "negative_prompt_2", "negative_prompt_3"}),
     Family.FLUX: frozenset({"prompt_2"}),
+    # LCM distils guidance into the UNet; OpenVINO GenAI refuses a negative prompt.
+    Family.LCM: frozenset(),
     Family.UNKNOWN: frozenset({"prompt_2", "prompt_3", "negative_prompt", "negative_prompt_2",
                                "negative_prompt_3"}),
 }
+#: What guidance_scale means per family (FLUX.1-dev and LCM UNets take it as an embedding).
+FAMILY_GUIDANCE: Mapping[Family, Guidance] = {
+    Family.SD: Guidance.CLASSIFIER_FREE,
+    Family.SDXL: Guidance.CLASSIFIER_FREE,
+    Family.SD3: Guidance.CLASSIFIER_FREE,
+    Family.FLUX: Guidance.EMBEDDED,
+    Family.LCM: Guidance.EMBEDDED,
+    Family.UNKNOWN: Guidance.CLASSIFIER_FREE,
+}
+#: Families whose pipelines fix classifier-free guidance on or off at their first generate
+#: (OpenVINO GenAI 2026.4 SD3: the other way fails every later request of that pipeline).
+GUIDANCE_FIXED_AT_FIRST_GENERATE = frozenset({Family.SD3})
 #: Families whose pipelines may be derived from one another (sharing one weight load). OpenVINO
-#: GenAI 2026.4 accepts deriving FLUX pipelines, but their generate() then crashes the process; SD3
-#: is untested: both load every pipeline from disk.
-DERIVABLE = frozenset({Family.SD, Family.SDXL})
+#: GenAI 2026.4 accepts deriving FLUX and SD3 pipelines, but their generate() then crashes the
+#: process: both load every pipeline from disk.
+DERIVABLE = frozenset({Family.SD, Family.SDXL, Family.LCM})
 #: Families whose text encoders include T5 (``max_sequence_length`` applies).
 T5_FAMILIES = frozenset({Family.SD3, Family.FLUX, Family.UNKNOWN})
+#: Families with a UNet denoiser: kohya LoRA adapters (``lora_unet_...``, ``lora_te_...``) apply, and
+#: each adapter's layers are checked against the model's at load. The others (SD3, FLUX) have a
+#: transformer: such adapters cannot apply to them and are refused at load.
+UNET_FAMILIES = frozenset({Family.SD, Family.SDXL, Family.LCM})
+#: Families whose default step count, when the node does not set default_num_inference_steps, is
+#: the model's own (LCM: 4) rather than OVMS's 50: LCM is distilled for a few steps.
+MODEL_DEFAULT_STEPS = frozenset({Family.LCM})
 
 
 @dataclass(frozen=True)
@@ -79,8 +110,9 @@ class ModelInfo:
     inpainting_variant: bool
     denoiser_in_channels: int | None
     size_multiple: int
-    #: The scheduler's num_train_timesteps: no more inference steps than that (None: unknown).
+    #: The most inference steps the scheduler takes (None: unknown), and where that limit comes from.
     max_steps: int | None = None
+    max_steps_source: str = "the scheduler's num_train_timesteps"
 
     @property
     def label(self) -> str:
@@ -88,9 +120,11 @@ class ModelInfo:
 
     @property
     def text_fields(self) -> frozenset[str]:
-        if self.class_name.startswith("LatentConsistencyModel"):
-            return frozenset()  # LCM distils guidance into the UNet: no negative prompt
         return FAMILY_TEXT_FIELDS[self.family]
+
+    @property
+    def guidance(self) -> Guidance:
+        return FAMILY_GUIDANCE[self.family]
 
     @property
     def uses_max_sequence_length(self) -> bool:
@@ -99,13 +133,15 @@ class ModelInfo:
     def single_image_reason(self, task: Task) -> str | None:
         """Why ``task`` can produce only one image per request with this model, or None.
 
-        OpenVINO GenAI 2026.4 fails for n > 1 on: inpainting with a plain 4-channel SD or SDXL UNet
-        (the image latent is not batched), and every FLUX edit (latent shapes do not match).
+        OpenVINO GenAI 2026.4 fails for n > 1 on: inpainting with a plain 4-channel SD, SDXL or LCM
+        UNet (the image latent is not batched), and every FLUX and SD3 edit (FLUX: latent shapes do
+        not match; SD3: inpainting asserts batch size 1, image-to-image fails or returns one image).
         """
-        if task is Task.INPAINTING and self.family in (Family.SD, Family.SDXL) and self.denoiser_in_channels == 4:
+        if (task is Task.INPAINTING and self.family in (Family.SD, Family.SDXL, Family.LCM)
+                and self.denoiser_in_channels == 4):
             return f"inpainting with this {self.family.value} model (4-channel UNet)"
-        if task is not Task.TEXT2IMAGE and self.family is Family.FLUX:
-            return f"{task.value} with FLUX models"
+        if task is not Task.TEXT2IMAGE and self.family in (Family.FLUX, Family.SD3):
+            return f"{task.value} with {self.family.value} models"
         return None
 
 
@@ -115,7 +151,9 @@ def family_of(class_name: str) -> Family:
         return Family.SD3
     if class_name.startswith("StableDiffusionXL"):
         return Family.SDXL
-    if class_name.startswith(("StableDiffusion", "LatentConsistencyModel")):
+    if class_name.startswith("LatentConsistencyModel"):
+        return Family.LCM
+    if class_name.startswith("StableDiffusion"):
         return Family.SD
     if class_name.startswith("Flux"):
         return Family.FLUX
@@ -158,7 +196,15 @@ def read_model_info(models_path: Path) -> ModelInfo:
     elif family is Family.SD3 or "patch_size" in denoiser:
         patch = denoiser.get("patch_size")
         multiple = vae_scale * (patch if isinstance(patch, int) and patch > 0 else 2)
-    train_steps = _read_json(models_path / "scheduler" / "scheduler_config.json").get("num_train_timesteps")
+    scheduler = _read_json(models_path / "scheduler" / "scheduler_config.json")
+    train_steps = scheduler.get("num_train_timesteps")
+    max_steps = train_steps if isinstance(train_steps, int) and train_steps > 0 else None
+    source = "the scheduler's num_train_timesteps"
+    original = scheduler.get("original_inference_steps")
+    if (family is Family.LCM and isinstance(original, int) and original > 0
+            and (max_steps is None or original < max_steps)):
+        # LCM's timesteps are a subset of its original_inference_steps schedule (diffusers refuses more).
+        max_steps, source = original, "the LCM scheduler's original_inference_steps"
     # SPEC §5: sizes are always multiples of 8, and of whatever the model itself needs.
     multiple = math.lcm(8, multiple)
     return ModelInfo(
@@ -167,7 +213,8 @@ def read_model_info(models_path: Path) -> ModelInfo:
         inpainting_variant="Inpaint" in class_name or "Fill" in class_name,
         denoiser_in_channels=in_channels if isinstance(in_channels, int) else None,
         size_multiple=multiple,
-        max_steps=train_steps if isinstance(train_steps, int) and train_steps > 0 else None,
+        max_steps=max_steps,
+        max_steps_source=source,
     )
 
 
@@ -183,6 +230,8 @@ class ModelDefaults:
     strength: float = 0.8
     #: The same for inpainting (OpenVINO GenAI's inpainting pipelines default to 1.0).
     inpainting_strength: float = 1.0
+    #: The model's own step count (LCM: 4, SD3 and FLUX: 28, SD: 50).
+    num_inference_steps: int = 50
 
 
 @dataclass
@@ -374,7 +423,8 @@ def model_defaults(pipes: PipelineSet) -> ModelDefaults:
         return float((pipe.get_generation_config() if pipe is not None else config).strength)
 
     return ModelDefaults(Resolution(int(config.width), int(config.height)), float(config.guidance_scale),
-                         int(config.max_sequence_length), strength(Task.IMAGE2IMAGE), strength(Task.INPAINTING))
+                         int(config.max_sequence_length), strength(Task.IMAGE2IMAGE), strength(Task.INPAINTING),
+                         int(config.num_inference_steps))
 
 
 def build_resources(node: str, settings: NodeSettings, info: ModelInfo, lora: LoraPlan, *,
@@ -402,6 +452,9 @@ def build_resources(node: str, settings: NodeSettings, info: ModelInfo, lora: Lo
         all_sets.append(more)
     refused = {t: r for t, r in builder.refused.items() if t not in tasks}
     defaults = model_defaults(first)
+    if info.family in MODEL_DEFAULT_STEPS and not settings.default_steps_given:
+        steps = min(defaults.num_inference_steps, settings.max_num_inference_steps)
+        settings = dataclasses.replace(settings, default_num_inference_steps=steps)
     shapes = (f"static {settings.static_resolutions[0]}" if settings.reshaped else "dynamic shapes")
     cache = properties.get("CACHE_DIR")
     log.info('node "%s": %s pipeline from %s; %d pipeline set(s) on %s, %s; tasks: %s%s; %s; loaded in %.1f s',

@@ -29,7 +29,13 @@ from calculators.image_gen.images import (
     resized,
 )
 from calculators.image_gen.options import MAX_RNG_SEED, NodeSettings, Resolution
-from calculators.image_gen.pipelines import ModelDefaults, ModelInfo, Task
+from calculators.image_gen.pipelines import (
+    GUIDANCE_FIXED_AT_FIRST_GENERATE,
+    Family,
+    ModelDefaults,
+    ModelInfo,
+    Task,
+)
 from calculators.image_gen.sizes import nearest_sizes, size_problem
 from ovms_graph.errors import BadRequest
 from ovms_graph.packets import HttpPayload, MultipartView
@@ -454,8 +460,8 @@ def _build(f: _Fields, rules: RequestRules, *, route: str, form: MultipartView |
         raise BadRequest(f"num_inference_steps is greater than max_num_inference_steps: "
                          f"{settings.max_num_inference_steps}", param="num_inference_steps")
     elif info.max_steps is not None and steps > info.max_steps:
-        raise BadRequest(f"num_inference_steps is greater than the scheduler's num_train_timesteps: "
-                         f"{info.max_steps}", param="num_inference_steps")
+        raise BadRequest(f"num_inference_steps is greater than {info.max_steps_source}: {info.max_steps}",
+                         param="num_inference_steps")
 
     # Guidance.
     guidance = f.get_float("guidance_scale")
@@ -468,6 +474,14 @@ def _build(f: _Fields, rules: RequestRules, *, route: str, form: MultipartView |
         if guidance is None and compiled is not None:
             guidance = compiled
     effective_guidance = guidance if guidance is not None else rules.defaults.guidance_scale
+    if info.family in GUIDANCE_FIXED_AT_FIRST_GENERATE and not settings.reshaped:
+        default = rules.defaults.guidance_scale
+        if (effective_guidance > 1.0) != (default > 1.0):
+            state = "on (guidance_scale > 1)" if default > 1.0 else "off (guidance_scale <= 1)"
+            raise BadRequest(f"guidance_scale {effective_guidance:g} would turn classifier-free guidance "
+                             f"{'on' if effective_guidance > 1.0 else 'off'}, but this {info.family.value} model runs "
+                             f"with it {state}, as its default {default:g} does: OpenVINO GenAI fixes that at a "
+                             "pipeline's first generate", param="guidance_scale")
     for name in NEGATIVE_FIELDS:
         if f.has(name) and effective_guidance <= 1.0:
             raise BadRequest(f"{name} has no effect with guidance_scale {effective_guidance:g}; negative prompts "
@@ -514,6 +528,7 @@ def _build(f: _Fields, rules: RequestRules, *, route: str, form: MultipartView |
         task = Task.INPAINTING if masks else Task.IMAGE2IMAGE
         _check_task(task, rules)
         _check_strength(steps, strength, task, rules)
+        _check_lcm_steps(steps, strength, task, rules)
         single = info.single_image_reason(task)
         if single is not None and num_images > 1:
             raise BadRequest(f"{single} supports one image per request, got {n_name}={num_images}", param=n_name)
@@ -553,6 +568,21 @@ def _check_strength(steps: int, strength: float | None, task: Task, rules: Reque
     raise BadRequest(f"num_inference_steps {steps} with the default strength {effective:g} leaves "
                      "no denoising step (num_inference_steps * strength must be at least 1)",
                      param="num_inference_steps")
+
+
+def _check_lcm_steps(steps: int, strength: float | None, task: Task, rules: RequestRules) -> None:
+    """An LCM edit picks its timesteps among int(original_inference_steps * strength) (diffusers
+    refuses more; OpenVINO GenAI silently repeats timesteps)."""
+    info = rules.info
+    if info.family is not Family.LCM or info.max_steps is None:
+        return
+    default = rules.defaults.inpainting_strength if task is Task.INPAINTING else rules.defaults.strength
+    effective = strength if strength is not None else default
+    usable = int(np.float32(info.max_steps) * np.float32(effective))
+    if steps > usable:
+        raise BadRequest(f"num_inference_steps {steps} is more than the LCM scheduler can take at strength "
+                         f"{effective:g}: at most {usable} (original_inference_steps {info.max_steps} x strength)",
+                         param="strength" if strength is not None else "num_inference_steps")
 
 
 def _end_user(f: _Fields) -> str | None:

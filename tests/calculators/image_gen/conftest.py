@@ -43,6 +43,11 @@ GRAPHS: dict[str, tuple[str, tuple[str, ...]]] = {
                                f'lora_adapters {{ alias: "style-f32" path: "{LORA_A}" }}')),
     "sdxl": ("sdxl", (f"plugin_config: '{F32}'", "default_num_inference_steps: 2")),
     "flux": ("flux", (f"plugin_config: '{F32}'", "default_num_inference_steps: 2")),
+    "sd3": ("sd3", (f"plugin_config: '{F32}'", "default_num_inference_steps: 2")),
+    # No default_num_inference_steps: LCM takes the model's own (4).
+    "lcm": ("lcm", (f"plugin_config: '{F32}'",)),
+    "lcm-lora": ("lcm", (f"plugin_config: '{F32}'",
+                         f'lora_adapters {{ alias: "lcm-style" path: "{TINY / "loras" / "lora_a.safetensors"}" }}')),
 }
 
 

@@ -39,6 +39,8 @@ def payload(body: dict[str, object]) -> HttpPayload:
     ("sd15-inpaint", Family.SD, True, 16),
     ("sdxl", Family.SDXL, False, None),
     ("flux", Family.FLUX, False, None),
+    ("sd3", Family.SD3, False, 16),
+    ("lcm", Family.LCM, False, 16),
 ])
 def test_model_info_is_read_from_the_folder(model: str, family: Family, variant: bool, multiple: int | None) -> None:
     info = read_model_info(TINY / model)
@@ -46,7 +48,10 @@ def test_model_info_is_read_from_the_folder(model: str, family: Family, variant:
     assert info.size_multiple % 8 == 0
     if multiple is not None:
         assert info.size_multiple == multiple
-    assert info.max_steps == 1000
+    # LCM picks its timesteps from the original_inference_steps schedule: no more steps than that
+    assert (info.max_steps, info.max_steps_source) == ((50, "the LCM scheduler's original_inference_steps")
+                                                       if family is Family.LCM
+                                                       else (1000, "the scheduler's num_train_timesteps"))
 
 
 def test_load_logs_pipeline_type_and_tasks(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

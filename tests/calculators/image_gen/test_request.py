@@ -27,6 +27,8 @@ SD16 = ModelInfo("StableDiffusionPipeline", Family.SD, False, 4, 16)  # the proj
 SDXL = ModelInfo("StableDiffusionXLPipeline", Family.SDXL, False, 4, 8)
 SD3 = ModelInfo("StableDiffusion3Pipeline", Family.SD3, False, 16, 16)
 FLUX = ModelInfo("FluxPipeline", Family.FLUX, False, 64, 16)
+LCM = ModelInfo("LatentConsistencyModelPipeline", Family.LCM, False, 4, 8, max_steps=50,
+                max_steps_source="the LCM scheduler's original_inference_steps")
 DEFAULTS = ModelDefaults(Resolution(64, 64), 7.5)
 ALL_TASKS = frozenset(Task)
 RULES = RequestRules(SETTINGS, SD, DEFAULTS, ALL_TASKS)
@@ -176,10 +178,21 @@ GENERATION_ERRORS: list[tuple[str, Any, RequestRules, str, str | None]] = [
     ("negative_prompt on FLUX", {**P, "negative_prompt": "x"}, replace(RULES, info=FLUX),
      "negative_prompt is not supported by FLUX (FluxPipeline) models; they take prompt, prompt_2",
      "negative_prompt"),
-    ("negative_prompt on LCM", {**P, "negative_prompt": "x"},
-     replace(RULES, info=ModelInfo("LatentConsistencyModelPipeline", Family.SD, False, 4, 8)),
-     "negative_prompt is not supported by SD (LatentConsistencyModelPipeline) models; they take prompt",
+    ("negative_prompt on LCM", {**P, "negative_prompt": "x"}, replace(RULES, info=LCM),
+     "negative_prompt is not supported by LCM (LatentConsistencyModelPipeline) models; they take prompt",
      "negative_prompt"),
+    ("LCM steps above original_inference_steps", {**P, "num_inference_steps": 51},
+     replace(RULES, info=LCM, settings=replace(SETTINGS, max_num_inference_steps=100)),
+     "num_inference_steps is greater than the LCM scheduler's original_inference_steps: 50", "num_inference_steps"),
+    ("SD3 guidance turned off", {**P, "guidance_scale": 0.5}, replace(RULES, info=SD3),
+     "guidance_scale 0.5 would turn classifier-free guidance off, but this SD3 model runs with it on "
+     "(guidance_scale > 1), as its default 7.5 does: OpenVINO GenAI fixes that at a pipeline's first generate",
+     "guidance_scale"),
+    ("SD3 guidance turned on", {**P, "guidance_scale": 3},
+     replace(RULES, info=SD3, defaults=replace(DEFAULTS, guidance_scale=1.0)),
+     "guidance_scale 3 would turn classifier-free guidance on, but this SD3 model runs with it off "
+     "(guidance_scale <= 1), as its default 1 does: OpenVINO GenAI fixes that at a pipeline's first generate",
+     "guidance_scale"),
     ("max_sequence_length on SD", {**P, "max_sequence_length": 77}, RULES,
      "max_sequence_length is not supported by SD (StableDiffusionPipeline) models (only models with a T5 text "
      "encoder, SD3 and FLUX, use it)", "max_sequence_length"),
@@ -429,6 +442,15 @@ EDIT_ERRORS: list[tuple[str, dict[str, Any], dict[str, list[bytes]] | None, Requ
      "inpainting (images/edits with a mask) is not supported by this model", "mask"),
     ("image-to-image unavailable", P, None, replace(RULES, tasks=frozenset({Task.INPAINTING})),
      "image-to-image (images/edits without a mask) is not supported by this model", "image"),
+    ("SD3 image-to-image with n > 1", {**P, "n": "2"}, None, replace(RULES, info=SD3),
+     "image-to-image with SD3 models supports one image per request, got n=2", "n"),
+    ("LCM edit with more steps than strength leaves", {**P, "num_inference_steps": "41", "strength": "0.8"}, None,
+     replace(RULES, info=LCM), "num_inference_steps 41 is more than the LCM scheduler can take at strength 0.8: "
+     "at most 40 (original_inference_steps 50 x strength)", "strength"),
+    ("LCM edit at the default strength", {**P, "num_inference_steps": "45"}, None,
+     replace(RULES, info=LCM, settings=replace(SETTINGS, max_num_inference_steps=100)),
+     "num_inference_steps 45 is more than the LCM scheduler can take at strength 0.8: at most 40 "
+     "(original_inference_steps 50 x strength)", "num_inference_steps"),
 ]
 
 
