@@ -61,7 +61,7 @@ def test_load_logs_pipeline_type_and_tasks(tmp_path: Path, caplog: pytest.LogCap
     (line,) = [r.getMessage() for r in caplog.records if "pipeline from" in r.getMessage()]
     assert line.startswith(f'node "gen": SD (StableDiffusionPipeline) pipeline from {TINY / "sd15"}; '
                            "1 pipeline set(s) on CPU, dynamic shapes; tasks: text-to-image, image-to-image, "
-                           "inpainting; loaded in ")
+                           "inpainting; no model cache; loaded in ")
 
 
 def test_inpainting_model_builds_only_inpainting(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
