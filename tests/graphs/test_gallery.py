@@ -29,12 +29,16 @@ SERVED = {
     "tiny-sd-static": ({"prompt": "a red circle", "size": "64x64"}, 2, (64, 64)),
     "tiny-sdxl": ({"prompt": "a red circle", "prompt_2": "on black"}, 1, (64, 64)),
     "tiny-flux": ({"prompt": "a red circle", "prompt_2": "on black"}, 1, (64, 64)),
+    "tiny-sd3": ({"prompt": "a red circle", "prompt_2": "on black", "prompt_3": "big", "negative_prompt": "blue",
+                  "max_sequence_length": 256}, 1, (64, 64)),
+    "tiny-lcm": ({"prompt": "a red circle", "n": 2}, 2, (64, 64)),
     "reference": ({"prompt": "a red circle", "num_inference_steps": 2, "size": "64x64"}, 1, (64, 64)),
 }
 
 
 def test_the_gallery_has_every_kind() -> None:
-    assert {"reference", "demo", "tiny-sd", "tiny-sd-static", "tiny-sdxl", "tiny-flux", "lora-dynamic",
+    assert {"reference", "demo", "tiny-sd", "tiny-sd-static", "tiny-sdxl", "tiny-flux", "tiny-sd3", "tiny-lcm",
+            "lora-dynamic",
             "lora-composite", "lora-static", "lora-fuse-dynamic"} <= set(FOLDERS)
 
 

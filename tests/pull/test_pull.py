@@ -11,7 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from ovms_graph.pull import IMAGE_GENERATION_PIPELINES, FetchError, PullError, UsageError, pull_model, run_pull
+from ovms_graph.graph import load_spec
+from ovms_graph.pull import (
+    IMAGE_GENERATION_PIPELINES,
+    FetchError,
+    PullError,
+    UsageError,
+    export_task,
+    pull_model,
+    run_pull,
+)
+from ovms_graph.registry import Registry
+from ovms_graph.validation import validate_graph
 from tests.pull.conftest import LORA_REPO, LORAS_REPO, SD15_REPO, pull_options, tiny
 from tests.pull.fake_hub import FakeHub, FileServer, files_from_dir
 
@@ -411,3 +422,32 @@ def test_pull_errors_are_config_errors_with_exit_statuses() -> None:
 
 def test_files_from_dir_sees_every_tiny_model_file() -> None:
     assert "unet/openvino_model.bin" in files_from_dir(tiny("sd15"))
+
+
+# ----- families: the task comes from model_index.json ----------------------------------------------
+
+@pytest.mark.parametrize(("pipeline", "task"), [
+    ("StableDiffusion3Pipeline", "text-to-image"),
+    ("StableDiffusion3Img2ImgPipeline", "image-to-image"),
+    ("StableDiffusion3InpaintPipeline", "inpainting"),
+    ("LatentConsistencyModelPipeline", "text-to-image"),
+    ("LatentConsistencyModelImg2ImgPipeline", "image-to-image"),
+])
+def test_sd3_and_lcm_classes_are_image_generation_with_their_export_task(pipeline: str, task: str) -> None:
+    assert pipeline in IMAGE_GENERATION_PIPELINES
+    assert export_task(pipeline) == task
+
+
+@pytest.mark.parametrize("model", ["sd3", "lcm"])
+def test_pull_infers_image_generation_for_sd3_and_lcm(hub: FakeHub, tmp_path: Path, model: str) -> None:
+    """No --task: model_index.json names StableDiffusion3Pipeline / LatentConsistencyModelPipeline, and
+    the written graph validates against the downloaded model."""
+    source = f"OpenVINO/tiny-{model}-ov"
+    hub.add_repo(source, files_from_dir(tiny(model), exclude=("graph.pbtxt",)))
+    entry = pull_model(pull_options(tmp_path / "models", source_model=source, default_num_inference_steps=2))
+    model_dir = tmp_path / "models" / "OpenVINO" / f"tiny-{model}-ov"
+    assert entry.graph_path == model_dir / "graph.pbtxt"
+    assert json.loads((model_dir / "model_index.json").read_text())["_class_name"] == {
+        "sd3": "StableDiffusion3Pipeline", "lcm": "LatentConsistencyModelPipeline"}[model]
+    registry = Registry.from_entry_points()
+    assert [str(p) for p in validate_graph(load_spec(entry.graph_path, registry), registry, graph_name=source)] == []
