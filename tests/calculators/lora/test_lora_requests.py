@@ -113,6 +113,10 @@ def test_static_message_keeps_the_reference_wording() -> None:
         "alphas are baked in at compile time and cannot be overridden per request")
 
 
+def static_hint(composite: str) -> str:
+    return f'it is compiled into STATIC composite "{composite}"; use "{composite}"'
+
+
 ROUTES = [
     pytest.param("", [], True, id="no-lora"),
     pytest.param(DYNAMIC, [Alias("fused", "fuse", listed=False), Alias("a", "lora"), Alias("b", "lora"),
@@ -121,11 +125,13 @@ ROUTES = [
     pytest.param('lora_adapters { alias: "fused" path: "f.safetensors" mode: FUSE }',
                  [Alias("fused", "fuse", listed=False)], True, id="fuse-only"),
     pytest.param(STATIC_ONE, [Alias("s", "lora")], False, id="static-one"),
-    pytest.param(STATIC_MANY, [Alias("s1", "lora", listed=False), Alias("s2", "lora", listed=False),
+    pytest.param(STATIC_MANY, [Alias("s1", "lora", listed=False, not_routable_hint=static_hint("both")),
+                               Alias("s2", "lora", listed=False, not_routable_hint=static_hint("both")),
                                Alias("both", "composite")], False, id="static-composite-only"),
     pytest.param('lora_adapters { alias: "s" path: "s.safetensors" mode: STATIC }'
                  'composite_lora_adapters { alias: "c" components { adapter_alias: "s" alpha: 0.5 } }',
-                 [Alias("s", "lora", listed=False), Alias("c", "composite")], False, id="static-one-with-composite"),
+                 [Alias("s", "lora", listed=False, not_routable_hint=static_hint("c")), Alias("c", "composite")],
+                 False, id="static-one-with-composite"),
 ]
 
 
