@@ -283,10 +283,15 @@ def test_without_rng_seed_each_request_draws_one_and_sending_it_back_reproduces(
     assert generate(rng_seed=seed1 + 2**32)[0] == first
 
 
-def test_user_is_logged_and_echoed(server: Server) -> None:
-    response = server.post_json("/v3/images/generations", json.dumps(
-        {"prompt": "a cat", "size": "64x64", "num_inference_steps": 1, "user": 'docs-user "7"',
-         "quality": "standard", "background": "auto", "moderation": "low"}))
+@pytest.mark.parametrize("route", ["/v3/images/generations", "/v3/images/edits"])
+def test_user_is_logged_and_echoed(server: Server, route: str) -> None:
+    fields = {"prompt": "a cat", "size": "64x64", "num_inference_steps": 1, "user": 'docs-user "7"',
+              "quality": "standard", "background": "auto", "moderation": "low"}
+    if route.endswith("edits"):
+        response = server.post_form(route, [*((k, str(v)) for k, v in fields.items()), ("strength", "1.0"),
+                                            ("image", "@photo.png")])
+    else:
+        response = server.post_json(route, json.dumps(fields))
     assert response.status_code == 200, response.text
     assert response.json()["safety_identifier"] == 'docs-user "7"'
     assert response.json()["quality"] == "medium"
