@@ -96,6 +96,10 @@ def _size_issues(settings: NodeSettings, info: ModelInfo) -> list[NodeIssue]:
             issues.append(NodeIssue(f"{res}: width and height must be divisible by {multiple} for this "
                                     f"{info.family.value} model; nearest sizes that work: {near}",
                                     field=f"node_options.{name}"))
+        elif res is not None and info.max_side is not None and max(res.width, res.height) > info.max_side:
+            issues.append(NodeIssue(f"{res}: this {info.family.value} model generates at most {info.max_side} "
+                                    "pixels per side (its transformer's pos_embed_max_size)",
+                                    field=f"node_options.{name}"))
     return issues
 
 

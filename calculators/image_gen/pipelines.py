@@ -113,6 +113,9 @@ class ModelInfo:
     #: The most inference steps the scheduler takes (None: unknown), and where that limit comes from.
     max_steps: int | None = None
     max_steps_source: str = "the scheduler's num_train_timesteps"
+    #: The longest side the denoiser can generate, in pixels (SD3: its positional embedding covers
+    #: pos_embed_max_size patches per side); None when unlimited or unknown.
+    max_side: int | None = None
 
     @property
     def label(self) -> str:
@@ -196,6 +199,11 @@ def read_model_info(models_path: Path) -> ModelInfo:
     elif family is Family.SD3 or "patch_size" in denoiser:
         patch = denoiser.get("patch_size")
         multiple = vae_scale * (patch if isinstance(patch, int) and patch > 0 else 2)
+    max_side = None
+    pos_embed = denoiser.get("pos_embed_max_size")
+    if family is Family.SD3 and isinstance(pos_embed, int) and pos_embed > 0:
+        patch = denoiser.get("patch_size")
+        max_side = pos_embed * (patch if isinstance(patch, int) and patch > 0 else 2) * vae_scale
     scheduler = _read_json(models_path / "scheduler" / "scheduler_config.json")
     train_steps = scheduler.get("num_train_timesteps")
     max_steps = train_steps if isinstance(train_steps, int) and train_steps > 0 else None
@@ -215,6 +223,7 @@ def read_model_info(models_path: Path) -> ModelInfo:
         size_multiple=multiple,
         max_steps=max_steps,
         max_steps_source=source,
+        max_side=max_side,
     )
 
 

@@ -710,4 +710,9 @@ def _check_size(requested: _SizeRequest, default: Resolution, rules: RequestRule
     elif not size.fits_in(settings.max_resolution):
         raise BadRequest(f"requested resolution {size} exceeds max_resolution {settings.max_resolution}",
                          param=param)
+    most = rules.info.max_side
+    if most is not None and max(size.width, size.height) > most:
+        raise BadRequest(f"requested resolution {size} is larger than this {rules.info.family.value} model can "
+                         f"generate: at most {most} pixels per side (its transformer's pos_embed_max_size)",
+                         param=param)
     return size

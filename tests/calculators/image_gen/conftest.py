@@ -46,6 +46,10 @@ GRAPHS: dict[str, tuple[str, tuple[str, ...]]] = {
     "sd3": ("sd3", (f"plugin_config: '{F32}'", "default_num_inference_steps: 2")),
     # No default_num_inference_steps: LCM takes the model's own (4).
     "lcm": ("lcm", (f"plugin_config: '{F32}'",)),
+    # Two pipeline sets: the CPU threads are split between them (INFERENCE_NUM_THREADS per set).
+    "sd3-x2": ("sd3", ("plugin_config: '{\"INFERENCE_PRECISION_HINT\": \"f32\", \"NUM_STREAMS\": 2}'",
+                       "default_num_inference_steps: 2")),
+    "lcm-x2": ("lcm", ("plugin_config: '{\"INFERENCE_PRECISION_HINT\": \"f32\", \"NUM_STREAMS\": 2}'",)),
     "lcm-lora": ("lcm", (f"plugin_config: '{F32}'",
                          f'lora_adapters {{ alias: "lcm-style" path: "{TINY / "loras" / "lora_a.safetensors"}" }}')),
 }

@@ -74,10 +74,13 @@ def served_images(server: LiveServer, task: Task, source: bytes, fields: dict[st
 
 
 @pytest.mark.parametrize("task", list(Task), ids=[t.value for t in Task])
-@pytest.mark.parametrize("graph", ["sd3", "lcm"])
+@pytest.mark.parametrize("graph", ["sd3", "lcm", "sd3-x2", "lcm-x2"])
 def test_every_task_equals_openvino_genai(servers: Servers, graph: str, task: Task) -> None:
     server = servers[graph]
-    assert server.resources(graph).tasks == frozenset(Task)
+    res = server.resources(graph)
+    assert res.tasks == frozenset(Task)
+    if res.pool.size > 1:  # each set runs on its share of the cores, and the direct pipeline on the same
+        assert "INFERENCE_NUM_THREADS" in compile_properties(res.settings, res.pool.size)
     source = png_bytes(64, 64, (30, 160, 90))
     fields: dict[str, Any] = {"rng_seed": 9, "num_inference_steps": 3}
     kwargs: dict[str, Any] = {"rng_seed": 9, "num_inference_steps": 3, "width": 64, "height": 64}
@@ -136,6 +139,9 @@ def refusal(response: requests.Response) -> tuple[str, str | None]:
     ("sd3", "generations", {"max_sequence_length": 77},
      "max_sequence_length must be 256 for this model (its T5 text encoder runs at that length), got 77",
      "max_sequence_length"),
+    ("sd3", "generations", {"size": "576x576"},
+     "requested resolution 576x576 is larger than this SD3 model can generate: at most 512 pixels per side (its "
+     "transformer's pos_embed_max_size)", "size"),
     ("sd3", "image", {"n": 2}, "image-to-image with SD3 models supports one image per request, got n=2", "n"),
     ("sd3", "mask", {"n": 2}, "inpainting with SD3 models supports one image per request, got n=2", "n"),
     ("lcm", "generations", {"negative_prompt": "blue"},
@@ -162,6 +168,19 @@ def test_family_rules_are_400_and_the_server_keeps_serving(servers: Servers, gra
         response = edit(server, {"prompt": PROMPT, **{k: str(v) for k, v in fields.items()}}, files)
     assert refusal(response) == (message, param)
     assert len(images(server.generate({"prompt": PROMPT, "num_inference_steps": 1}))) == 1
+
+
+def test_sd3_serves_its_largest_size(servers: Servers) -> None:
+    assert [image.shape for image in images(servers["sd3"].generate({"prompt": PROMPT, "size": "512x512",
+                                                                     "num_inference_steps": 1}))] == [(512, 512, 3)]
+
+
+def test_sd3_default_resolution_beyond_its_positional_embedding_is_a_load_error(tmp_path: Path) -> None:
+    node = CalculatorRunner(node_text(f'models_path: "{TINY / "sd3"}"', 'default_resolution: "1024x512"'),
+                            registry=registry(), graph_file=tmp_path / "graph.pbtxt")
+    assert [(p.field, p.message) for p in node.problems()] == [(
+        "node_options.default_resolution",
+        "1024x512: this SD3 model generates at most 512 pixels per side (its transformer's pos_embed_max_size)")]
 
 
 def test_sd3_text_to_image_serves_several_images(servers: Servers) -> None:

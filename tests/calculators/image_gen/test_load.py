@@ -48,6 +48,8 @@ def test_model_info_is_read_from_the_folder(model: str, family: Family, variant:
     assert info.size_multiple % 8 == 0
     if multiple is not None:
         assert info.size_multiple == multiple
+    # SD3's positional embedding covers 32 patches of 2 latents of 8 pixels per side
+    assert info.max_side == (512 if family is Family.SD3 else None)
     # LCM picks its timesteps from the original_inference_steps schedule: no more steps than that
     assert (info.max_steps, info.max_steps_source) == ((50, "the LCM scheduler's original_inference_steps")
                                                        if family is Family.LCM

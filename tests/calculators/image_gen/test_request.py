@@ -181,6 +181,10 @@ GENERATION_ERRORS: list[tuple[str, Any, RequestRules, str, str | None]] = [
     ("negative_prompt on LCM", {**P, "negative_prompt": "x"}, replace(RULES, info=LCM),
      "negative_prompt is not supported by LCM (LatentConsistencyModelPipeline) models; they take prompt",
      "negative_prompt"),
+    ("SD3 size beyond its positional embedding", {**P, "size": "512x256"},
+     replace(RULES, info=replace(SD3, max_side=256)),
+     "requested resolution 512x256 is larger than this SD3 model can generate: at most 256 pixels per side (its "
+     "transformer's pos_embed_max_size)", "size"),
     ("LCM steps above original_inference_steps", {**P, "num_inference_steps": 51},
      replace(RULES, info=LCM, settings=replace(SETTINGS, max_num_inference_steps=100)),
      "num_inference_steps is greater than the LCM scheduler's original_inference_steps: 50", "num_inference_steps"),
