@@ -56,6 +56,7 @@ from google.protobuf.message import Message
 
 from calculators.image_gen.images import encode_b64
 from calculators.image_gen.lora import LoraPlan, read_lora_file
+from calculators.image_gen.memory import InsufficientMemory
 from calculators.image_gen.options import NodeSettings, parse_options
 from calculators.image_gen.pipelines import (
     UNET_FAMILIES,
@@ -218,6 +219,8 @@ class ImageGenCalculator(Calculator):
         lora = LoraPlan.from_options(typed, ctx)
         try:
             resources = build_resources(node.name or node.label, settings, info, lora, cache_dir=ctx.cache_dir)
+        except InsufficientMemory as exc:
+            raise ConfigError(Problem(str(exc), field="node_options.plugin_config")) from exc
         except RuntimeError as exc:
             raise ConfigError(Problem(str(exc), field="node_options.models_path")) from exc
         lora.register_routes(ctx)

@@ -72,6 +72,10 @@ class Graph:
         ints = [c for c in limits if isinstance(c, int) and c > 0]
         #: How many requests the graph can run at once (None: no calculator limits it).
         self.concurrency: int | None = min(ints) if ints else None
+        estimates = [getattr(r, "memory_estimate", None) for r in resources.values()]
+        known = [e for e in estimates if isinstance(e, int)]
+        #: Resident bytes the calculators expect their resources to hold (None: none said).
+        self.memory_estimate: int | None = sum(known) if known else None
 
     @classmethod
     def load(cls, name: str, path: Path, registry: Registry, *, cache_dir: Path | None = None) -> Graph:

@@ -7,10 +7,21 @@ share counters, and nothing is registered in prometheus_client's global default 
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # Image generation takes from tens of milliseconds (tiny models) to minutes (large models, many steps).
 LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+
+def resident_bytes() -> int | None:
+    """Resident memory of this process (Linux ``/proc/self/statm``); None where it cannot be read."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class Metrics:
@@ -40,9 +51,20 @@ class Metrics:
         self.ready = Gauge(
             "ovms_graph_ready", "1 when every graph is loaded and the server accepts requests.",
             registry=self.registry)
+        self.resident = Gauge(
+            "ovms_graph_resident_memory_bytes", "Resident memory of the server process now.",
+            registry=self.registry)
+        self.resident.set_function(lambda: float(resident_bytes() or 0))
+        self.graph_estimate = Gauge(
+            "ovms_graph_graph_memory_estimate_bytes",
+            "Resident memory the graph's calculators expect to hold once serving (every pipeline set).",
+            ("graph",), registry=self.registry)
 
-    def add_graph(self, graph: str) -> None:
-        """Publish zero-valued series for ``graph`` so dashboards see it before its first request."""
+    def add_graph(self, graph: str, *, estimate: int | None = None) -> None:
+        """Publish zero-valued series for ``graph`` so dashboards see it before its first request, and
+        its memory estimate when its calculators gave one."""
+        if estimate is not None:
+            self.graph_estimate.labels(graph).set(estimate)
         self.queue_depth.labels(graph).set(0)
         self.in_flight.labels(graph).set(0)
         self.cancellations.labels(graph)

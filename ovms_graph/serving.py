@@ -196,7 +196,7 @@ class Serving:
         for graph in graphs:
             limit = graph.concurrency or DEFAULT_GRAPH_CONCURRENCY
             self.slots[graph.name] = GraphSlot(graph, limit, self.max_queued, self.metrics)
-            self.metrics.add_graph(graph.name)
+            self.metrics.add_graph(graph.name, estimate=graph.memory_estimate)
             workers += limit * max(1, len(graph.nodes))
             if graph.base_routable:
                 self.names[graph.name] = ModelName(graph.name, graph.name, "graph")

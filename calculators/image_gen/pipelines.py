@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from calculators.image_gen.lora import LoraPlan
+from calculators.image_gen.memory import InsufficientMemory, MemoryEstimate, available_bytes, weights_bytes
 from calculators.image_gen.options import NodeSettings, Resolution
 from calculators.image_gen.sizes import unet_latent_multiple
 from ovms_graph.errors import RequestCancelled, ServiceUnavailable
@@ -409,10 +410,16 @@ class ImageGenResources:
     lora: LoraPlan
     tasks: frozenset[Task]
     refused: Mapping[Task, str] = field(default_factory=dict)
+    memory: MemoryEstimate | None = None
 
     @property
     def concurrency(self) -> int:
         return self.pool.size
+
+    @property
+    def memory_estimate(self) -> int | None:
+        """Estimated resident bytes of every pipeline set (published as a metric by the runtime)."""
+        return self.memory.total if self.memory is not None else None
 
     def close(self) -> None:
         self.pool.close()
@@ -445,6 +452,13 @@ def build_resources(node: str, settings: NodeSettings, info: ModelInfo, lora: Lo
     # FUSE adapters combined with switchable ones are merged into a copy of the model (see LoraPlan).
     settings = dataclasses.replace(settings, models_path=lora.model_dir(settings.models_path))
     properties = compile_properties(settings, sets, cache_dir=cache_dir)
+    memory = MemoryEstimate(sets, weights_bytes(settings.models_path))
+    available = available_bytes()
+    log.info('node "%s": memory: %s = about %.2f GiB; %s available', node, memory.describe(), memory.total / 2**30,
+             f"{available / 2**30:.2f} GiB" if available is not None else "unknown")
+    refusal = memory.refusal(available)
+    if refusal is not None:
+        raise InsufficientMemory(refusal)
     builder = PipelineBuilder(settings, properties, lora.compile_kwargs, derive=info.family in DERIVABLE)
     started = time.monotonic()
     first = builder.build(0)
@@ -472,4 +486,5 @@ def build_resources(node: str, settings: NodeSettings, info: ModelInfo, lora: Lo
              "".join(f"; {t.value} unavailable ({r})" for t, r in refused.items()),
              f"compiled models cached in {cache}" if cache else "no model cache", time.monotonic() - started)
     return ImageGenResources(node=node, settings=settings, info=info, defaults=defaults,
-                             pool=PipelinePool(all_sets), lora=lora, tasks=tasks, refused=refused)
+                             pool=PipelinePool(all_sets), lora=lora, tasks=tasks, refused=refused,
+                             memory=memory)

@@ -259,7 +259,7 @@ def test_streaming_example_shape(server: Server) -> None:
 def test_metrics_table_names_what_the_server_exports(server: Server) -> None:
     text = requests.get(server.url + "/metrics", timeout=60).text
     documented = re.findall(r"^\| `(ovms_graph_\w+)` \| (\w+) \|", DOC, re.MULTILINE)
-    assert len(documented) == 6
+    assert len(documented) == 8
     for name, kind in documented:
         assert f"# TYPE {name} {kind}" in text or f"# TYPE {name.removesuffix('_total')} {kind}" in text, name
         assert re.search(rf"^{name}(_bucket|_count|_sum)?[{{ ]", text, re.MULTILINE), name

@@ -186,8 +186,11 @@ async def test_abandoning_the_output_cancels_and_closes(tmp_path: Path) -> None:
         node { calculator: "Split" input_stream: "TEXT:in" output_stream: "WORD:words" }
         node { calculator: "WaitForCancel" input_stream: "TEXT:in" output_stream: "TEXT:out" }
     """)
+    fakes.WaitForCancel.started.clear()
     it = graph.run({"TEXT": "a b"}, RequestContext())
     assert (await it.__anext__())[0] == "WORD"
+    # Abandon while WaitForCancel is inside process (before it starts, the run skips process instead).
+    assert await asyncio.get_running_loop().run_in_executor(None, fakes.WaitForCancel.started.wait, 10)
     await it.aclose()
     assert fakes.WaitForCancel.saw_cancel.is_set()
 
