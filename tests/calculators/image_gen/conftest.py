@@ -50,6 +50,10 @@ GRAPHS: dict[str, tuple[str, tuple[str, ...]]] = {
     "sd3-x2": ("sd3", ("plugin_config: '{\"INFERENCE_PRECISION_HINT\": \"f32\", \"NUM_STREAMS\": 2}'",
                        "default_num_inference_steps: 2")),
     "lcm-x2": ("lcm", ("plugin_config: '{\"INFERENCE_PRECISION_HINT\": \"f32\", \"NUM_STREAMS\": 2}'",)),
+    # The CPU's default precision (bf16 where it has it), LoRA included.
+    "sd3-default": ("sd3", ("default_num_inference_steps: 2",)),
+    "lcm-default": ("lcm", (f'lora_adapters {{ alias: "lcm-default-style" '
+                            f'path: "{TINY / "loras" / "lora_a.safetensors"}" }}',)),
     "lcm-lora": ("lcm", (f"plugin_config: '{F32}'",
                          f'lora_adapters {{ alias: "lcm-style" path: "{TINY / "loras" / "lora_a.safetensors"}" }}')),
 }

@@ -188,6 +188,19 @@ def test_sd3_text_to_image_serves_several_images(servers: Servers) -> None:
     assert [image.shape for image in result] == [(64, 64, 3)] * 2
 
 
+@pytest.mark.parametrize(("graph", "model"), [("sd3-default", "sd3-default"), ("lcm-default", "lcm-default"),
+                                              ("lcm-default", "lcm-default-style")])
+def test_default_precision_serves_every_task_repeatably(servers: Servers, graph: str, model: str) -> None:
+    """At the CPU's default precision (bf16 where it has it) too: no blank image, a seed repeats."""
+    server = servers[graph]
+    source = png_bytes(64, 64, (30, 160, 90))
+    for task in Task:
+        fields = {"model": model, "rng_seed": 2, "num_inference_steps": 3}
+        first, again = (served_images(server, task, source, fields)[0] for _ in range(2))
+        assert first.std() > 1, task
+        assert np.array_equal(first, again), task
+
+
 # ----- LoRA per family -----
 def test_lcm_dynamic_lora_equals_openvino_genai(servers: Servers) -> None:
     """The sd15 LoRA's kohya layers exist in the LCM UNet: DYNAMIC adapters switch per request."""
