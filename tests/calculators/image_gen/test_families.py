@@ -5,6 +5,7 @@ the server keeps serving; LoRA applies to LCM (SD1.5 UNet layout) and is refused
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from PIL import Image
 
 from calculators.image_gen.pipelines import Family, Guidance, Task, compile_properties
 from ovms_graph.errors import ConfigError
-from ovms_graph.testing import CalculatorRunner
+from ovms_graph.testing import CalculatorRunner, serving
 from tests.calculators.image_gen.conftest import LiveServer, Servers
 from tests.calculators.image_gen.helpers import TINY, node_text, pixels, png_bytes, registry
 
@@ -227,3 +228,22 @@ def test_a_unet_lora_on_sd3_is_refused_at_load_naming_the_alias(tmp_path: Path) 
         "transformer denoiser, so none of its layers can apply")
     with pytest.raises(ConfigError):
         node.graph  # noqa: B018 - loading is the point
+
+
+def test_ovms_graph_serve_runs_the_sd3_and_lcm_gallery_graphs_together(tmp_path: Path) -> None:
+    """A real `ovms-graph serve` process serving graphs/tiny-sd3 and graphs/tiny-lcm side by side."""
+    gallery = TINY.parents[1] / "graphs"
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_config_list": [
+        {"config": {"name": name, "base_path": str(gallery / name)}} for name in ("tiny-sd3", "tiny-lcm")]}))
+    with serving(["--config_path", str(config), "--rest_port", "0", "--rest_bind_address", "127.0.0.1"],
+                 cwd=tmp_path) as server:
+        listed = requests.get(f"{server.url}/v3/models", timeout=60).json()["data"]
+        assert sorted(m["id"] for m in listed) == ["tiny-lcm", "tiny-lcm-style", "tiny-sd3"]
+        url = f"{server.url}/v3/images/generations"
+        sd3 = requests.post(url, json={"model": "tiny-sd3", "prompt": PROMPT, "prompt_3": "a dog"}, timeout=300)
+        lcm = requests.post(url, json={"model": "tiny-lcm-style", "prompt": PROMPT}, timeout=300)
+        refused = requests.post(url, json={"model": "tiny-sd3", "prompt": PROMPT, "guidance_scale": 1}, timeout=60)
+        assert [len(images(r)) for r in (sd3, lcm)] == [1, 1]
+        assert refusal(refused)[1] == "guidance_scale"
+    assert server.process.returncode == 0, server.output()
