@@ -1,92 +1,35 @@
-"""The ``ovms-graph`` command: ``serve``, ``pull`` and ``validate``.
+"""The ``ovms-graph`` command: ``serve`` and ``validate``, plus the subcommands installed packages add.
 
 Flag names and meanings follow OVMS, so an OVMS command line works after replacing ``ovms`` by
 ``ovms-graph serve``. Usage errors exit 2 naming the flag; ``validate`` exits 2 when it finds any
-problem; download or conversion failures exit 1.
+problem. Installed calculator packages add subcommands and ``serve`` flags through the
+``ovms_graph.cli_commands`` entry point group (:mod:`ovms_graph.commands`); image generation adds
+``pull`` and ``serve --source_model`` that way.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
+from ovms_graph.commands import (
+    CliExtension,
+    GraphSource,
+    finite_float,
+    load_extensions,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+)
 from ovms_graph.config import GraphEntry, load_config
 from ovms_graph.errors import ConfigError, Problem
 from ovms_graph.registry import Registry
+from ovms_graph.settings import LOG_LEVELS, ServerOptions, configure_logging
 from ovms_graph.validation import validate_entries
 
-LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR")
-DEVICES = ("CPU", "GPU", "NPU")
-
-
-@dataclass(frozen=True)
-class ServerOptions:
-    """Front-end settings common to every way of serving."""
-
-    rest_port: int = 8000
-    rest_bind_address: str = "127.0.0.1"
-    log_level: str = "INFO"
-    api_key_file: Path | None = None
-    metrics_enable: bool = False
-    max_queued_requests: int = 32
-    max_request_size: int = 64 * 1024 * 1024
-    shutdown_timeout: float = 30.0
-    drain_delay: float = 5.0
-    #: Where compiled models are cached between starts (``--cache_dir``); None: no cache unless a
-    #: graph's plugin_config sets CACHE_DIR.
-    cache_dir: Path | None = None
-
-
-@dataclass(frozen=True)
-class PullOptions:
-    """What ``pull`` (and ``serve --source_model``) downloads and writes into graph.pbtxt."""
-
-    source_model: str
-    model_repository_path: Path
-    task: str | None = None
-    model_name: str | None = None
-    target_device: str | None = None
-    source_loras: str | None = None
-    resolution: str | None = None
-    max_resolution: str | None = None
-    default_resolution: str | None = None
-    max_num_images_per_prompt: int | None = None
-    default_num_inference_steps: int | None = None
-    max_num_inference_steps: int | None = None
-    num_images_per_prompt: int | None = None
-    guidance_scale: float | None = None
-    num_streams: int | None = None
-    weight_format: str = "int8"
-    overwrite_models: bool = False
-    config_path: Path | None = None
-
-
-def _positive_int(flag: str):  # type: ignore[no-untyped-def]
-    def parse(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} expects a positive integer, got {value!r}") from None
-        if number <= 0:
-            raise argparse.ArgumentTypeError(f"{flag} expects a positive integer, got {value!r}")
-        return number
-    return parse
-
-
-def _non_negative_int(flag: str):  # type: ignore[no-untyped-def]
-    def parse(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} expects a non-negative integer, got {value!r}") from None
-        if number < 0:
-            raise argparse.ArgumentTypeError(f"{flag} expects a non-negative integer, got {value!r}")
-        return number
-    return parse
+__all__ = ["ServerOptions", "build_parser", "configure_logging", "main", "server_options", "validate"]
 
 
 def _port(value: str) -> int:
@@ -99,50 +42,19 @@ def _port(value: str) -> int:
     return number
 
 
-def _float(flag: str):  # type: ignore[no-untyped-def]
-    def parse(value: str) -> float:
-        try:
-            number = float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} expects a number, got {value!r}") from None
-        if number != number or number in (float("inf"), float("-inf")):
-            raise argparse.ArgumentTypeError(f"{flag} expects a finite number, got {value!r}")
-        return number
-    return parse
-
-
-def _non_negative_float(flag: str):  # type: ignore[no-untyped-def]
-    finite = _float(flag)
-
-    def parse(value: str) -> float:
-        number: float = finite(value)
-        if number < 0:
-            raise argparse.ArgumentTypeError(f"{flag} expects a non-negative number, got {value!r}")
-        return number
-    return parse
-
-
-def _device(value: str) -> str:
-    parts = value.split()
-    if len(parts) not in (1, 3) or any(p not in DEVICES for p in parts):
-        raise argparse.ArgumentTypeError(
-            f'--target_device expects CPU, GPU, NPU or three of them ("CPU GPU NPU"), got {value!r}')
-    return " ".join(parts)
-
-
 def _add_server_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("server")
     g.add_argument("--rest_port", type=_port, default=8000, help="HTTP port (default 8000)")
     g.add_argument("--rest_bind_address", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
     g.add_argument("--api_key_file", type=Path, help="file holding the API key; /v3 and /v1 then need it")
     g.add_argument("--metrics_enable", action="store_true", help="serve Prometheus metrics on /metrics")
-    g.add_argument("--max_queued_requests", type=_non_negative_int("--max_queued_requests"), default=32,
+    g.add_argument("--max_queued_requests", type=non_negative_int("--max_queued_requests"), default=32,
                    help="requests that may wait per graph before 503 (default 32)")
-    g.add_argument("--max_request_size", type=_positive_int("--max_request_size"), default=67108864,
+    g.add_argument("--max_request_size", type=positive_int("--max_request_size"), default=67108864,
                    help="largest accepted request body in bytes (default 67108864)")
-    g.add_argument("--shutdown_timeout", type=_float("--shutdown_timeout"), default=30.0,
+    g.add_argument("--shutdown_timeout", type=finite_float("--shutdown_timeout"), default=30.0,
                    help="seconds in-flight requests may take after SIGTERM (default 30)")
-    g.add_argument("--drain_delay", type=_non_negative_float("--drain_delay"), default=5.0,
+    g.add_argument("--drain_delay", type=non_negative_float("--drain_delay"), default=5.0,
                    help="seconds after SIGTERM that new requests are still served while readiness is "
                         "already false, so load balancers stop routing first (default 5; SIGINT skips it)")
     g.add_argument("--cache_dir", type=Path,
@@ -154,49 +66,29 @@ def _add_common_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log_level", choices=LOG_LEVELS, default="INFO", help="log verbosity (default INFO)")
 
 
-def _add_pull_flags(p: argparse.ArgumentParser, *, required: bool) -> None:
-    g = p.add_argument_group("pull")
-    g.add_argument("--source_model", required=required,
-                   help="Hugging Face model id, e.g. OpenVINO/stable-diffusion-v1-5-int8-ov")
-    g.add_argument("--model_repository_path", type=Path, required=required, help="folder models are pulled into")
-    g.add_argument("--task", choices=("image_generation",), help="task; inferred from model_index.json when omitted")
-    g.add_argument("--model_name", help="served name (default: the source model id)")
-    g.add_argument("--target_device", type=_device, help='CPU, GPU, NPU, or "TEXT DENOISE VAE" devices')
-    g.add_argument("--source_loras", help="alias=source[:alpha],...; composites alias=@a:0.7+@b:0.5")
-    g.add_argument("--resolution", help="static resolution(s) WxH, space separated")
-    g.add_argument("--max_resolution", help="largest WxH a request may ask for")
-    g.add_argument("--default_resolution", help="WxH used when a request gives none")
-    g.add_argument("--max_num_images_per_prompt", type=_positive_int("--max_num_images_per_prompt"))
-    g.add_argument("--default_num_inference_steps", type=_positive_int("--default_num_inference_steps"))
-    g.add_argument("--max_num_inference_steps", type=_positive_int("--max_num_inference_steps"))
-    g.add_argument("--num_images_per_prompt", type=_positive_int("--num_images_per_prompt"))
-    g.add_argument("--guidance_scale", type=_float("--guidance_scale"))
-    g.add_argument("--num_streams", type=_positive_int("--num_streams"), help="pipeline sets per node")
-    g.add_argument("--weight-format", "--weight_format", dest="weight_format",
-                   choices=("int8", "int4", "fp16", "fp32"), default="int8",
-                   help="weight format when converting a non-OpenVINO model (default int8)")
-    g.add_argument("--overwrite_models", action="store_true", help="download again even when present")
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extensions: list[CliExtension] | None = None) -> argparse.ArgumentParser:
+    """The ``ovms-graph`` parser with the subcommands and serve flags of ``extensions`` (default: the
+    installed ones); every subcommand takes ``--log_level``."""
+    if extensions is None:
+        extensions = load_extensions()
     parser = argparse.ArgumentParser(prog="ovms-graph", description=__doc__.splitlines()[0] if __doc__ else None)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{serve,pull,validate}")
+    sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve graphs from a config.json or a pulled model")
     serve.add_argument("--config_path", type=Path, help="OVMS config.json listing the graphs")
     _add_server_flags(serve)
-    _add_pull_flags(serve, required=False)
-    _add_common_flags(serve)
+    for extension in extensions:
+        extension.add_serve_flags(serve)
 
-    pull = sub.add_parser("pull", help="download a model and write its graph.pbtxt, then exit")
-    _add_pull_flags(pull, required=True)
-    pull.add_argument("--config_path", type=Path, help="config.json to create or update with the model")
-    _add_common_flags(pull)
+    for extension in extensions:
+        extension.add_commands(sub)
 
     validate = sub.add_parser("validate", help="check graphs and print every problem (exit 2 if any)")
     validate.add_argument("path", nargs="?", type=Path, help="a graph.pbtxt or a config.json")
     validate.add_argument("--config_path", type=Path, help="config.json (same as the positional path)")
-    _add_common_flags(validate)
+    for command in sub.choices.values():
+        _add_common_flags(command)
+    sub.metavar = "{" + ",".join(sub.choices) + "}"
     return parser
 
 
@@ -206,18 +98,6 @@ def server_options(ns: argparse.Namespace) -> ServerOptions:
                          max_queued_requests=ns.max_queued_requests, max_request_size=ns.max_request_size,
                          shutdown_timeout=ns.shutdown_timeout, drain_delay=ns.drain_delay,
                          cache_dir=ns.cache_dir.resolve() if ns.cache_dir is not None else None)
-
-
-def pull_options(ns: argparse.Namespace) -> PullOptions:
-    return PullOptions(
-        source_model=ns.source_model, model_repository_path=ns.model_repository_path, task=ns.task,
-        model_name=ns.model_name, target_device=ns.target_device, source_loras=ns.source_loras,
-        resolution=ns.resolution, max_resolution=ns.max_resolution, default_resolution=ns.default_resolution,
-        max_num_images_per_prompt=ns.max_num_images_per_prompt,
-        default_num_inference_steps=ns.default_num_inference_steps,
-        max_num_inference_steps=ns.max_num_inference_steps, num_images_per_prompt=ns.num_images_per_prompt,
-        guidance_scale=ns.guidance_scale, num_streams=ns.num_streams, weight_format=ns.weight_format,
-        overwrite_models=ns.overwrite_models, config_path=getattr(ns, "config_path", None))
 
 
 def graph_entries(path: Path) -> list[GraphEntry]:
@@ -253,13 +133,9 @@ def validate(path: Path, registry: Registry, out: object = sys.stdout) -> int:
     return 2 if failed else 0
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=logging.DEBUG if level == "TRACE" else getattr(logging, level),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    extensions = load_extensions()
+    parser = build_parser(extensions)
     ns = parser.parse_args(argv)
     configure_logging(ns.log_level)
     if ns.command == "validate":
@@ -267,17 +143,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         if target is None:
             parser.error("validate needs a graph.pbtxt or config.json path (or --config_path)")
         return validate(target, Registry.from_entry_points())
-    if ns.command == "pull":
-        from ovms_graph.pull import run_pull
-        return run_pull(pull_options(ns))
-    if ns.config_path is None and ns.source_model is None:
-        parser.error("serve needs --config_path or --source_model")
-    if ns.config_path is not None and ns.source_model is not None:
-        parser.error("--config_path and --source_model cannot be used together")
-    if ns.source_model is not None and ns.model_repository_path is None:
-        parser.error("--source_model needs --model_repository_path")
+    if ns.command != "serve":
+        run: int = ns.run(ns)
+        return run
     from ovms_graph.server import run_serve
-    return run_serve(ns.config_path, pull_options(ns) if ns.source_model else None, server_options(ns))
+    return run_serve(ns.config_path, server_options(ns), _serve_source(ns, parser, extensions))
+
+
+def _serve_source(ns: argparse.Namespace, parser: argparse.ArgumentParser,
+                  extensions: list[CliExtension]) -> GraphSource | None:
+    """The extension graph source ``serve`` was given, None for ``--config_path``; usage errors exit 2."""
+    given = [e for e in extensions if e.source_given(ns)]
+    flags = [e.source_flag for e in extensions if e.source_flag is not None]
+    if ns.config_path is None and not given:
+        parser.error("serve needs " + " or ".join(["--config_path", *flags]))
+    if ns.config_path is not None and given:
+        parser.error(f"--config_path and {given[0].source_flag} cannot be used together")
+    if len(given) > 1:
+        parser.error(f"{given[0].source_flag} and {given[1].source_flag} cannot be used together")
+    return given[0].serve_source(ns, parser) if given else None
 
 
 if __name__ == "__main__":

@@ -49,6 +49,17 @@ class ConfigError(OvmsGraphError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
+class CommandError(ConfigError):
+    """A command that cannot go on: the CLI prints ``ovms-graph <command>: error: <message>`` and exits
+    with ``exit_code`` (2: a flag that cannot be used; 1: a failure such as a download)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Problem(message))
+        self.message = message
+
+
 class RegistryError(ConfigError):
     """A calculator registry conflict or a plugin that cannot be imported."""
 

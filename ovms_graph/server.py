@@ -40,10 +40,11 @@ from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ovms_graph.calculator import RequestContext
-from ovms_graph.cli import PullOptions, ServerOptions, configure_logging
+from ovms_graph.commands import GraphSource
 from ovms_graph.config import GraphEntry, load_config
 from ovms_graph.errors import (
     BadRequest,
+    CommandError,
     ConfigError,
     GenerationError,
     NotFound,
@@ -59,6 +60,7 @@ from ovms_graph.metrics import Metrics
 from ovms_graph.packets import HttpPayload, HttpResponse, MultipartView, ServerSentEvent, UploadedFile
 from ovms_graph.registry import Registry
 from ovms_graph.serving import REQUEST_TAG, Serving, State
+from ovms_graph.settings import ServerOptions, configure_logging
 
 log = logging.getLogger("ovms_graph.server")
 access_log = logging.getLogger("ovms_graph.access")
@@ -567,15 +569,16 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 # ----- ovms-graph serve -----
-def run_serve(config_path: Path | None, pull_options: PullOptions | None, server_options: ServerOptions) -> int:
+def run_serve(config_path: Path | None, server_options: ServerOptions, source: GraphSource | None = None) -> int:
     """Serve until SIGTERM/SIGINT; the process exit status.
 
     SIGTERM on a ready server first starts the lame duck (readiness false, requests still served, each
     answer closing its connection) for ``--drain_delay`` seconds; a second SIGTERM or a SIGINT ends it.
     SIGINT skips it. Then intake stops and running requests get ``--shutdown_timeout`` to finish.
 
-    With ``pull_options`` (``serve --source_model``) the model is pulled first
-    (``ovms_graph.pull.pull_model``) and the graph it wrote is served. 0 after a clean shutdown;
+    With ``source`` (an installed CLI extension's graph source, e.g. ``serve --source_model``) the graphs
+    it returns are served instead of ``config_path``'s; a CommandError it raises is printed as
+    ``ovms-graph serve: error: <message>`` and is the exit status. 0 after a clean shutdown;
     2 when the configuration, a graph, a flag or the API key file is unusable (every problem is
     printed); 1 when the server cannot start (e.g. the port is taken) or a download fails.
     """
@@ -583,17 +586,16 @@ def run_serve(config_path: Path | None, pull_options: PullOptions | None, server
     logging.getLogger().setLevel(logging.DEBUG if server_options.log_level == "TRACE"
                                  else getattr(logging, server_options.log_level))
     try:
-        if pull_options is not None:
-            from ovms_graph.pull import PullError, pull_model
+        if source is not None:
             try:
-                entries = [pull_model(pull_options)]
-            except PullError as exc:
+                entries = source()
+            except CommandError as exc:
                 print(f"ovms-graph serve: error: {exc.message}", file=sys.stderr)
                 return exc.exit_code
         elif config_path is not None:
             entries = load_config(config_path)
         else:
-            print("ovms-graph serve: error: serve needs --config_path or --source_model", file=sys.stderr)
+            print("ovms-graph serve: error: serve needs --config_path or a graph source", file=sys.stderr)
             return 2
         app = create_app(entries, server_options)
     except ConfigError as exc:

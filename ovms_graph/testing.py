@@ -276,10 +276,10 @@ class ThreadedServer:
         the load error when a graph fails to load. ``limit`` is a safety net, not a performance bound."""
         from aiohttp import web
 
-        from ovms_graph.cli import ServerOptions
         from ovms_graph.config import load_config
         from ovms_graph.server import SERVING, create_app
         from ovms_graph.serving import State
+        from ovms_graph.settings import ServerOptions
 
         app = create_app(load_config(config), options or ServerOptions(rest_port=0), registry=registry)
         loop = asyncio.new_event_loop()

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ovms_graph.cli import PullOptions
-from ovms_graph.pull import convert_model, pull_model, run_pull
+from calculators.image_gen.cli import PullOptions
+from calculators.image_gen.pull import convert_model, pull_model, run_pull
 from tests.pull.fake_hub import FakeHub
 
 

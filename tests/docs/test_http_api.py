@@ -22,8 +22,8 @@ from PIL import Image
 from urllib3 import encode_multipart_formdata
 
 from calculators.image_gen.pipelines import read_model_info
-from ovms_graph.cli import ServerOptions
 from ovms_graph.server import create_app
+from ovms_graph.settings import ServerOptions
 from ovms_graph.testing import serving
 from tests.docs.conftest import DOCS, REPO, TINY
 

@@ -5,7 +5,8 @@
   the rest of it must appear verbatim in that file.
 - Console blocks: each ``$ .venv/bin/ovms-graph ...`` command runs from the repository root and must
   print what the page shows; the plugin install command must match how the plugin is installed.
-- Every public hook and attribute of the calculator contract is named on the page.
+- Every public hook and attribute of the calculator contract (and of the CLI extension contract) is named
+  on the page.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from ovms_graph.calculator import Calculator, CalculatorContext, LoadContext, RequestContext
+from ovms_graph.commands import CliExtension
 from tests.examples.conftest import REPO
 
 GUIDE = REPO / "docs" / "calculator-guide.md"
@@ -83,7 +85,7 @@ def _instance_members() -> dict[str, object]:
     }
 
 
-@pytest.mark.parametrize("owner", [Calculator, CalculatorContext, RequestContext, LoadContext],
+@pytest.mark.parametrize("owner", [Calculator, CalculatorContext, RequestContext, LoadContext, CliExtension],
                          ids=lambda owner: owner.__name__)
 def test_every_public_member_of_the_contract_is_named(owner: type) -> None:
     members = set(vars(owner)) | set(vars(_instance_members().get(owner.__name__, owner)))

@@ -12,7 +12,7 @@ import pytest
 # registry on the default endpoint, off this machine.
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
-from ovms_graph.cli import PullOptions
+from calculators.image_gen.cli import PullOptions
 from tests.pull.fake_hub import FakeHub, FileServer, files_from_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

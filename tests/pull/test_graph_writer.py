@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from calculators.protos.image_gen_calculator_pb2 import ImageGenCalculatorOptions
-from ovms_graph.graph_config import parse_graph_text
-from ovms_graph.graph_writer import (
+from calculators.image_gen.graph_writer import (
     CompositeComponentLine,
     CompositeLine,
     GraphFlags,
@@ -18,6 +16,8 @@ from ovms_graph.graph_writer import (
     render_graph,
     write_graph,
 )
+from calculators.protos.image_gen_calculator_pb2 import ImageGenCalculatorOptions
+from ovms_graph.graph_config import parse_graph_text
 from ovms_graph.registry import Registry
 from ovms_graph.validation import validate_graph
 from tests.pull.conftest import tiny

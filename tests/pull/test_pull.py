@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ovms_graph.graph import load_spec
-from ovms_graph.pull import (
+from calculators.image_gen.pull import (
     IMAGE_GENERATION_PIPELINES,
     FetchError,
     PullError,
@@ -21,6 +20,7 @@ from ovms_graph.pull import (
     pull_model,
     run_pull,
 )
+from ovms_graph.graph import load_spec
 from ovms_graph.registry import Registry
 from ovms_graph.validation import validate_graph
 from tests.pull.conftest import LORA_REPO, LORAS_REPO, SD15_REPO, pull_options, tiny

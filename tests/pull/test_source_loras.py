@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ovms_graph.source_loras import (
+from calculators.image_gen.source_loras import (
     CompositeComponentSource,
     LoraSourceKind,
     SourceLorasError,

@@ -13,11 +13,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from ovms_graph.calculator import Calculator
-from ovms_graph.cli import ServerOptions
 from ovms_graph.config import load_config
 from ovms_graph.registry import Registry
 from ovms_graph.server import SERVING, create_app
 from ovms_graph.serving import Serving
+from ovms_graph.settings import ServerOptions
 from tests.server import fakes
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from ovms_graph.cli import ServerOptions
 from ovms_graph.errors import ConfigError
 from ovms_graph.server import create_app
+from ovms_graph.settings import ServerOptions
 from tests.server.conftest import ServeFactory
 
 KEY = "s3cret-key"

@@ -185,7 +185,7 @@ PULL_STAND_IN = """
 import sys
 from pathlib import Path
 
-import ovms_graph.pull
+import calculators.image_gen.pull
 from ovms_graph.cli import main
 from ovms_graph.config import GraphEntry
 
@@ -195,7 +195,7 @@ def pull_model(options):
     return GraphEntry(options.model_name or options.source_model, Path(sys.argv[2]), "pulled")
 
 
-ovms_graph.pull.pull_model = pull_model  # stands in for the download: this test is about the wiring
+calculators.image_gen.pull.pull_model = pull_model  # stands in for the download: this test is about the wiring
 sys.exit(main(sys.argv[3:]))
 """
 

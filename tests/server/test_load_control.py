@@ -13,10 +13,10 @@ import pytest
 from google.protobuf.message import Message
 
 from ovms_graph.calculator import Calculator, LoadContext, Port
-from ovms_graph.cli import ServerOptions
 from ovms_graph.graph_config import NodeSpec
 from ovms_graph.server import METRICS
 from ovms_graph.serving import State
+from ovms_graph.settings import ServerOptions
 from tests.server import fakes
 from tests.server.conftest import Served, ServeFactory, fake_registry
 

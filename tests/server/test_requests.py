@@ -8,7 +8,7 @@ import logging
 import aiohttp
 import pytest
 
-from ovms_graph.cli import ServerOptions
+from ovms_graph.settings import ServerOptions
 from tests.server.conftest import ServeFactory
 
 

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-import ovms_graph.pull
-from ovms_graph.cli import PullOptions, ServerOptions
-from ovms_graph.pull import FetchError, PullError, UsageError
+import calculators.image_gen.pull
+from calculators.image_gen.cli import PullOptions, pulled_graphs
+from calculators.image_gen.pull import FetchError, PullError, UsageError
 from ovms_graph.server import run_serve
+from ovms_graph.settings import ServerOptions
 
 
 @pytest.mark.parametrize(("error", "status"), [
@@ -21,9 +22,9 @@ def test_pull_failures_exit_with_the_pull_status(monkeypatch: pytest.MonkeyPatch
     def fail(options: PullOptions) -> None:
         raise error
 
-    monkeypatch.setattr(ovms_graph.pull, "pull_model", fail)
+    monkeypatch.setattr(calculators.image_gen.pull, "pull_model", fail)
     options = PullOptions(source_model="OpenVINO/nope", model_repository_path=tmp_path)
-    assert run_serve(None, options, ServerOptions()) == status
+    assert run_serve(None, ServerOptions(), pulled_graphs(options)) == status
     assert capsys.readouterr().err == f"ovms-graph serve: error: {error.message}\n"
 
 
@@ -33,6 +34,6 @@ def test_unusable_api_key_file_exits_2(capsys: pytest.CaptureFixture[str], tmp_p
     config = tmp_path / "config.json"
     config.write_text('{"model_config_list": [{"config": {"name": "g", "base_path": "g"}}]}')
     missing = tmp_path / "no-key"
-    assert run_serve(config, None, ServerOptions(api_key_file=missing)) == 2
+    assert run_serve(config, ServerOptions(api_key_file=missing)) == 2
     assert capsys.readouterr().err == (f"{missing}: --api_key_file: cannot read the API key file: "
                                        "No such file or directory\n")

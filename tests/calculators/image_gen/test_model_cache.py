@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ovms_graph.cli import ServerOptions, build_parser, server_options
+from ovms_graph.cli import build_parser, server_options
+from ovms_graph.settings import ServerOptions
 from ovms_graph.testing import ThreadedServer
 from tests.calculators.image_gen.helpers import F32, REPO, TINY, graph_text, pixels, registry, wait_for_tiny_models
 

@@ -39,9 +39,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ovms_graph.config import GraphEntry, write_model_entry
-from ovms_graph.errors import ConfigError, Problem
-from ovms_graph.graph_writer import (
+from calculators.image_gen.graph_writer import (
     CompositeComponentLine,
     CompositeLine,
     GraphFlags,
@@ -50,7 +48,7 @@ from ovms_graph.graph_writer import (
     render_graph,
     write_graph,
 )
-from ovms_graph.source_loras import (
+from calculators.image_gen.source_loras import (
     LoraAdapterSource,
     LoraSourceKind,
     SourceLoras,
@@ -58,11 +56,13 @@ from ovms_graph.source_loras import (
     parse_source_loras,
     valid_repo_id,
 )
+from ovms_graph.config import GraphEntry, write_model_entry
+from ovms_graph.errors import CommandError, ConfigError
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
 
-    from ovms_graph.cli import PullOptions
+    from calculators.image_gen.cli import PullOptions
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +85,10 @@ IMAGE_GENERATION_PIPELINES = frozenset({
 _CONVERT_IGNORE = ["*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.pb", "*.tflite", "*.ot"]
 
 
-class PullError(ConfigError):
+class PullError(CommandError):
     """A pull that cannot be done; ``exit_code`` is the status ``ovms-graph pull`` exits with."""
 
     exit_code = 1
-
-    def __init__(self, message: str) -> None:
-        super().__init__(Problem(message))
-        self.message = message
 
 
 class UsageError(PullError):
