@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -76,59 +76,10 @@ class SourceMap:
         self._lines.setdefault(re.sub(r"\[\d+\]", "", path), line)
 
     def _build(self, text: str) -> None:
-        tok = text_format.Tokenizer(text.splitlines(keepends=True))
-        toks: list[tuple[str, int]] = []
-        try:
-            while not tok.AtEnd():
-                toks.append((tok.token, int(getattr(tok, "_line")) + 1))  # noqa: B009 - no public position API
-                tok.NextToken()
-        except Exception:  # a malformed tail still maps what came before it
-            pass
-        stack: list[str] = []
-        counters: list[dict[str, int]] = [defaultdict(int)]
-        i, n = 0, len(toks)
-        while i < n:
-            t, line = toks[i]
-            if t in ("}", ">"):
-                if stack:
-                    stack.pop()
-                    counters.pop()
-                i += 1
-                continue
-            if t == "[":
-                j = i + 1
-                while j < n and toks[j][0] != "]":
-                    j += 1
-                j += 1
-                if j < n and toks[j][0] == ":":
-                    j += 1
-                if j < n and toks[j][0] in ("{", "<"):
-                    stack.append("")  # Any / extension bracket: transparent in paths
-                    counters.append(defaultdict(int))
-                    i = j + 1
-                    continue
-                i = j
-                continue
-            if _IDENT_RE.match(t) and i + 1 < n and toks[i + 1][0] in (":", "{", "<"):
-                j = i + 1
-                if toks[j][0] == ":":
-                    j += 1
-                idx = counters[-1][t]
-                counters[-1][t] += 1
-                segment = f"{t}[{idx}]"
-                path = ".".join(s for s in [*stack, segment] if s)
-                self._record(path, line)
-                if j < n and toks[j][0] in ("{", "<"):
-                    stack.append(segment)
-                    counters.append(defaultdict(int))
-                    i = j + 1
-                    continue
-                if j < n and toks[j][0] == "[":
-                    while j < n and toks[j][0] != "]":
-                        j += 1
-                i = j + 1
-                continue
-            i += 1
+        walker = _PathWalker(_tokens(text), self._record)
+        i = 0
+        while i < len(walker.toks):
+            i = walker.step(i)
 
     def node_line(self, index: int) -> int | None:
         return self._lines.get(f"node[{index}]")
@@ -155,6 +106,81 @@ class SourceMap:
             if line is not None:
                 return line
         return self.node_line(node_index) if node_index is not None else None
+
+
+def _tokens(text: str) -> list[tuple[str, int]]:
+    """The pbtxt tokens of ``text`` with their 1-based lines; a malformed tail is cut off."""
+    tok = text_format.Tokenizer(text.splitlines(keepends=True))
+    toks: list[tuple[str, int]] = []
+    try:
+        while not tok.AtEnd():
+            toks.append((tok.token, int(getattr(tok, "_line")) + 1))  # noqa: B009 - no public position API
+            tok.NextToken()
+    except Exception:  # a malformed tail still maps what came before it
+        pass
+    return toks
+
+
+class _PathWalker:
+    """Walks pbtxt tokens, recording the line of each field path (``node[1].input_stream[0]``)."""
+
+    def __init__(self, toks: list[tuple[str, int]], record: Callable[[str, int], None]) -> None:
+        self.toks = toks
+        self.record = record
+        self.stack: list[str] = []
+        self.counters: list[dict[str, int]] = [defaultdict(int)]
+
+    def _kind(self, j: int) -> str | None:
+        return self.toks[j][0] if j < len(self.toks) else None
+
+    def _open(self, segment: str) -> None:
+        self.stack.append(segment)
+        self.counters.append(defaultdict(int))
+
+    def step(self, i: int) -> int:
+        """Consume the construct at token ``i``; the index of the next one."""
+        t = self.toks[i][0]
+        if t in ("}", ">"):
+            if self.stack:
+                self.stack.pop()
+                self.counters.pop()
+            return i + 1
+        if t == "[":
+            return self._extension(i)
+        if _IDENT_RE.match(t) and self._kind(i + 1) in (":", "{", "<"):
+            return self._field(i)
+        return i + 1
+
+    def _extension(self, i: int) -> int:
+        j = i + 1
+        while j < len(self.toks) and self.toks[j][0] != "]":
+            j += 1
+        j += 1
+        if self._kind(j) == ":":
+            j += 1
+        if self._kind(j) in ("{", "<"):
+            self._open("")  # Any / extension bracket: transparent in paths
+            return j + 1
+        return j
+
+    def _field(self, i: int) -> int:
+        t, line = self.toks[i]
+        j = i + 1
+        if self._kind(j) == ":":
+            j += 1
+        idx = self.counters[-1][t]
+        self.counters[-1][t] += 1
+        segment = f"{t}[{idx}]"
+        self.record(".".join(s for s in [*self.stack, segment] if s), line)
+        if self._kind(j) in ("{", "<"):
+            self._open(segment)
+            return j + 1
+        if self._kind(j) == "[":
+            while j < len(self.toks) and self.toks[j][0] != "]":
+                j += 1
+        return j + 1
+
+
 
 
 @dataclass

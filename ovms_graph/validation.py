@@ -140,10 +140,46 @@ def _cycle(spec: GraphSpec, producers: dict[str, int]) -> list[int] | None:
     return None
 
 
+@dataclass
+class _Streams:
+    """Who produces each stream (-1: a graph input_stream) and the packet type it carries."""
+
+    producers: dict[str, int]
+    types: dict[str, Any]
+
+
 def validate_graph(spec: GraphSpec, registry: Registry, *, graph_name: str | None = None,
                    check_options: bool = True) -> list[Problem]:
-    """Every problem of ``spec`` (including those found while parsing), in file order."""
+    """Every problem of ``spec`` (including those found while parsing), in file order.
+
+    One stage per concern, each returning its problems: refused fields, calculators, node names,
+    stream producers, node inputs and side packets, graph outputs, cycles, then each node's ports,
+    option types, contract and (when nothing else is wrong with the node) its ``check_options``.
+    """
     problems: list[Problem] = list(spec.problems) + _refused_fields(spec)
+    calcs = _calculators(spec, registry, problems)
+    problems += _name_problems(spec, calcs)
+    streams, producer_problems = _streams(spec, calcs)
+    problems += producer_problems
+    problems += _input_problems(spec, calcs, streams)
+    problems += _output_problems(spec, streams)
+    problems += _cycle_problems(spec, streams.producers)
+    ctx = LoadContext(graph_name or spec.file.parent.name, spec.file)
+    for node in spec.nodes:
+        calc = calcs.get(node.index)
+        if calc is None:
+            continue
+        problems += _port_problems(spec, node, calc)
+        problems += _option_type_problems(spec, node, calc)
+        problems += [spec.problem(issue.message, node=node, field=issue.field) for issue in calc.contract(node)]
+        if check_options and not any(p.node == node.label for p in problems):
+            problems += _check_options_problems(spec, node, calc, ctx)
+    problems.sort(key=lambda p: (p.line or 0))
+    return problems
+
+
+def _calculators(spec: GraphSpec, registry: Registry, problems: list[Problem]) -> dict[int, type[Calculator]]:
+    """Each node's calculator class by node index; a missing or unknown one adds its problem."""
     calcs: dict[int, type[Calculator]] = {}
     for node in spec.nodes:
         if not node.calculator:
@@ -153,7 +189,12 @@ def validate_graph(spec: GraphSpec, registry: Registry, *, graph_name: str | Non
             calcs[node.index] = registry.get(node.calculator)
         except RegistryError as exc:
             problems.append(spec.problem(str(exc), node=node, field="calculator"))
+    return calcs
 
+
+def _name_problems(spec: GraphSpec, calcs: dict[int, type[Calculator]]) -> list[Problem]:
+    """Names used twice, and missing names where the calculator requires one."""
+    problems: list[Problem] = []
     names: dict[str, NodeSpec] = {}
     for node in spec.nodes:
         if not node.name:
@@ -166,96 +207,111 @@ def validate_graph(spec: GraphSpec, registry: Registry, *, graph_name: str | Non
             problems.append(spec.problem(f'node name "{node.name}" is used twice (first on line '
                                          f"{names[node.name].line})", node=node, field="name"))
         names.setdefault(node.name, node)
+    return problems
 
-    # Producers: graph inputs (-1) and node outputs; each stream name exactly once.
-    producers: dict[str, int] = {}
-    producer_types: dict[str, Any] = {}
+
+def _streams(spec: GraphSpec, calcs: dict[int, type[Calculator]]) -> tuple[_Streams, list[Problem]]:
+    """Producers: graph inputs (-1) and node outputs; each stream name exactly once."""
+    problems: list[Problem] = []
+    streams = _Streams({}, {})
     for ref in spec.input_streams:
-        if ref.name in producers:
+        if ref.name in streams.producers:
             problems.append(spec.problem(f'stream "{ref.name}" is declared twice', field="input_stream"))
-        producers[ref.name] = -1
-        producer_types[ref.name] = WELL_KNOWN_STREAM_TYPES.get(ref.tag, Any)
+        streams.producers[ref.name] = -1
+        streams.types[ref.name] = WELL_KNOWN_STREAM_TYPES.get(ref.tag, Any)
     for node in spec.nodes:
         calc = calcs.get(node.index)
         declared = {p.tag: p for p in calc.outputs} if calc else {}
         for ref in node.output_streams:
-            if ref.name in producers:
-                other = producers[ref.name]
+            if ref.name in streams.producers:
+                other = streams.producers[ref.name]
                 by = "a graph input_stream" if other < 0 else f'node "{spec.nodes[other].label}"'
                 problems.append(spec.problem(f'stream "{ref.name}" already has a producer: {by}; '
                                              "every stream needs exactly one", node=node, field="output_stream"))
                 continue
-            producers[ref.name] = node.index
+            streams.producers[ref.name] = node.index
             port = declared.get(ref.tag)
-            producer_types[ref.name] = port.type if port else Any
+            streams.types[ref.name] = port.type if port else Any
+    return streams, problems
 
+
+def _input_problems(spec: GraphSpec, calcs: dict[int, type[Calculator]], streams: _Streams) -> list[Problem]:
+    """Node input streams without a producer or of the wrong type; side packets nobody provides."""
     side_available = {ref.name for ref in spec.input_side_packets}
     for node in spec.nodes:
         side_available.update(ref.name for ref in node.output_side_packets)
-
+    problems: list[Problem] = []
     for node in spec.nodes:
         calc = calcs.get(node.index)
-        inputs = {p.tag: p for p in calc.inputs} if calc else {}
-        for ref in node.input_streams:
-            if ref.name not in producers:
-                problems.append(spec.problem(
-                    f'input stream "{ref.name}" has no producer (no graph input_stream or node output_stream '
-                    "is named so)", node=node, field="input_stream"))
-                continue
-            port = inputs.get(ref.tag)
-            if port is not None and not types_compatible(producer_types[ref.name], port.type):
-                problems.append(spec.problem(
-                    f'stream "{ref.name}" carries {type_name(producer_types[ref.name])} but {ref.tag} expects '
-                    f"{type_name(port.type)}", node=node, field="input_stream"))
+        problems += _input_stream_problems(spec, node, calc, streams)
         for ref in node.input_side_packets:
             own = calc is not None and calc.resources_port == ref.tag
             if not own and ref.name not in side_available:
                 problems.append(spec.problem(
                     f'input side packet "{ref.raw}" is not provided (by a graph input_side_packet, a node '
                     "output_side_packet or the calculator's own resources)", node=node, field="input_side_packet"))
+    return problems
 
+
+def _input_stream_problems(spec: GraphSpec, node: NodeSpec, calc: type[Calculator] | None,
+                           streams: _Streams) -> list[Problem]:
+    problems: list[Problem] = []
+    inputs = {p.tag: p for p in calc.inputs} if calc else {}
+    for ref in node.input_streams:
+        if ref.name not in streams.producers:
+            problems.append(spec.problem(
+                f'input stream "{ref.name}" has no producer (no graph input_stream or node output_stream '
+                "is named so)", node=node, field="input_stream"))
+            continue
+        port = inputs.get(ref.tag)
+        if port is not None and not types_compatible(streams.types[ref.name], port.type):
+            problems.append(spec.problem(
+                f'stream "{ref.name}" carries {type_name(streams.types[ref.name])} but {ref.tag} expects '
+                f"{type_name(port.type)}", node=node, field="input_stream"))
+    return problems
+
+
+def _output_problems(spec: GraphSpec, streams: _Streams) -> list[Problem]:
+    """Graph outputs nobody produces, or produced with a type the front end cannot read."""
+    problems: list[Problem] = []
     for ref in spec.output_streams:
-        if ref.name not in producers:
+        if ref.name not in streams.producers:
             problems.append(spec.problem(f'graph output stream "{ref.name}" is not produced by any node',
                                          field="output_stream"))
-        else:
-            expected = WELL_KNOWN_STREAM_TYPES.get(ref.tag)
-            if expected is not None and not types_compatible(producer_types[ref.name], expected):
-                problems.append(spec.problem(
-                    f'graph output "{ref.raw}" carries {type_name(producer_types[ref.name])}, expected '
-                    f"{type_name(expected)}", field="output_stream"))
-
-    cycle = _cycle(spec, producers)
-    if cycle:
-        path = " -> ".join(f'"{spec.nodes[i].label}"' for i in cycle)
-        problems.append(spec.problem(f"the graph has a cycle: {path}", node=spec.nodes[cycle[0]]))
-
-    ctx = LoadContext(graph_name or spec.file.parent.name, spec.file)
-    for node in spec.nodes:
-        calc = calcs.get(node.index)
-        if calc is None:
             continue
-        problems.extend(_port_problems(spec, node, calc))
-        accepted: tuple[type[Message], ...] = calc.options_types
-        for opt in node.options:
-            if not isinstance(opt, accepted):
-                names_ok = ", ".join(t.DESCRIPTOR.full_name for t in accepted) or "no options"
-                problems.append(spec.problem(
-                    f"options of type {opt.DESCRIPTOR.full_name} are not accepted by {calc.registry_name()} "
-                    f"(accepts {names_ok})", node=node, field="node_options"))
-        for issue in calc.contract(node):
-            problems.append(spec.problem(issue.message, node=node, field=issue.field))
-        if check_options and not any(p.node == node.label for p in problems):
-            opts = [o for o in node.options if isinstance(o, accepted)]
-            try:
-                issues = list(calc.check_options(node, opts[0] if opts else None, ctx))
-            except Exception as exc:  # a calculator bug must still be reported, with its node
-                issues = []
-                problems.append(spec.problem(f"check_options failed: {type(exc).__name__}: {exc}", node=node))
-            for issue in issues:
-                problems.append(spec.problem(issue.message, node=node, field=issue.field))
-    problems.sort(key=lambda p: (p.line or 0))
+        expected = WELL_KNOWN_STREAM_TYPES.get(ref.tag)
+        if expected is not None and not types_compatible(streams.types[ref.name], expected):
+            problems.append(spec.problem(
+                f'graph output "{ref.raw}" carries {type_name(streams.types[ref.name])}, expected '
+                f"{type_name(expected)}", field="output_stream"))
     return problems
+
+
+def _cycle_problems(spec: GraphSpec, producers: dict[str, int]) -> list[Problem]:
+    cycle = _cycle(spec, producers)
+    if not cycle:
+        return []
+    path = " -> ".join(f'"{spec.nodes[i].label}"' for i in cycle)
+    return [spec.problem(f"the graph has a cycle: {path}", node=spec.nodes[cycle[0]])]
+
+
+def _option_type_problems(spec: GraphSpec, node: NodeSpec, calc: type[Calculator]) -> list[Problem]:
+    accepted: tuple[type[Message], ...] = calc.options_types
+    names_ok = ", ".join(t.DESCRIPTOR.full_name for t in accepted) or "no options"
+    return [spec.problem(f"options of type {opt.DESCRIPTOR.full_name} are not accepted by {calc.registry_name()} "
+                         f"(accepts {names_ok})", node=node, field="node_options")
+            for opt in node.options if not isinstance(opt, accepted)]
+
+
+def _check_options_problems(spec: GraphSpec, node: NodeSpec, calc: type[Calculator],
+                            ctx: LoadContext) -> list[Problem]:
+    """The calculator's own load-time option rules; a calculator bug is reported with its node."""
+    opts = [o for o in node.options if isinstance(o, calc.options_types)]
+    try:
+        issues = list(calc.check_options(node, opts[0] if opts else None, ctx))
+    except Exception as exc:  # a calculator bug must still be reported, with its node
+        return [spec.problem(f"check_options failed: {type(exc).__name__}: {exc}", node=node)]
+    return [spec.problem(issue.message, node=node, field=issue.field) for issue in issues]
 
 
 def declared_aliases(spec: GraphSpec, registry: Registry, *, graph_name: str | None = None) -> tuple[str, ...]:
