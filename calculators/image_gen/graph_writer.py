@@ -1,10 +1,11 @@
 """graph.pbtxt for a pulled image generation model, written from command-line flags.
 
 :func:`check_graph_flags` applies the option rules of SPEC §4 to the flags (every problem, each
-naming its flag) before anything is downloaded; :func:`render_graph` writes the text in the
-reference document's layout, with a comment per section and only the options that were given.
-The runtime never depends on calculators, so the ImageGenCalculatorOptions block is rendered as
-text here; the calculator validates it again when the graph loads.
+naming its flag) before anything is downloaded; :func:`render_graph` builds the
+ImageGenCalculatorOptions message (:func:`graph_options`) and writes it with protobuf's
+``text_format``, field by field in the order of :mod:`calculators.image_gen.option_table`, with a
+comment per section and only the options that were given. Defaults, ranges and the field-to-flag
+map come from that table; the calculator validates the options again when the graph loads.
 
 Example output::
 
@@ -29,18 +30,28 @@ Example output::
 from __future__ import annotations
 
 import json
-import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from google.protobuf import text_encoding
+from google.protobuf import text_format
+
+from calculators.image_gen.option_table import BY_FIELD, FLAGS, OPTIONS, default
+from calculators.protos.image_gen_calculator_pb2 import ImageGenCalculatorOptions, LoraLoadMode
 
 _RESOLUTION_RE = re.compile(r"^([0-9]+)x([0-9]+)$")
 _DEVICES = ("CPU", "GPU", "NPU")
-DEFAULT_MAX_RESOLUTION = (4096, 4096)
-DEFAULT_NUM_INFERENCE_STEPS = 50
-DEFAULT_MAX_NUM_INFERENCE_STEPS = 100
+
+
+def _default_size(field: str) -> tuple[int, int]:
+    width, height = str(default(field)).split("x")
+    return int(width), int(height)
+
+
+DEFAULT_MAX_RESOLUTION = _default_size("max_resolution")
+DEFAULT_NUM_INFERENCE_STEPS: int = default("default_num_inference_steps")
+DEFAULT_MAX_NUM_INFERENCE_STEPS: int = default("max_num_inference_steps")
 
 
 @dataclass(frozen=True)
@@ -116,100 +127,218 @@ def _fits(size: tuple[int, int], limit: tuple[int, int]) -> bool:
 def check_graph_flags(flags: GraphFlags) -> list[str]:
     """Every problem with ``flags`` (empty when they make a valid ImageGenCalculator node).
 
-    The rules are the calculator's load-time rules, phrased for the command line.
+    The rules are the calculator's load-time rules, phrased for the command line: one stage each,
+    each returning its problems; ranges and flag names come from the option table.
     """
-    problems: list[str] = []
-    if flags.device is not None:
-        parts = flags.device.split()
-        if len(parts) not in (1, 3) or any(p not in _DEVICES for p in parts):
-            problems.append(f'--target_device: expected CPU, GPU, NPU or three of them ("CPU GPU NPU"), '
-                            f'got "{flags.device}"')
-    for flag, value in (("--num_streams", flags.num_streams),
-                        ("--max_num_images_per_prompt", flags.max_num_images_per_prompt),
-                        ("--default_num_inference_steps", flags.default_num_inference_steps),
-                        ("--max_num_inference_steps", flags.max_num_inference_steps),
-                        ("--num_images_per_prompt", flags.num_images_per_prompt)):
-        if value is not None and value <= 0:
-            problems.append(f"{flag}: must be greater than 0, got {value}")
-    if flags.guidance_scale is not None and not math.isfinite(flags.guidance_scale):
-        problems.append(f"--guidance_scale: must be a finite number, got {flags.guidance_scale}")
-
+    problems = _device_problems(flags) + _range_problems(flags)
     max_resolution = DEFAULT_MAX_RESOLUTION
     if flags.max_resolution is not None:
-        parsed = _resolution("--max_resolution", flags.max_resolution, problems)
-        max_resolution = parsed or max_resolution
-
-    static: list[tuple[int, int]] = []
-    if flags.resolution is not None:
-        tokens = flags.resolution.split()
-        if not tokens:
-            problems.append("--resolution: expected one or more space-separated WIDTHxHEIGHT values, got an empty "
-                            "string")
-        for token in tokens:
-            size = _resolution("--resolution", token, problems)
-            if size is None:
-                continue
-            if size in static:
-                problems.append(f'--resolution: "{token}" is listed twice')
-                continue
-            if flags.max_resolution is not None and not _fits(size, max_resolution):
-                problems.append(f'--resolution: "{token}" exceeds --max_resolution {_fmt(max_resolution)}')
-            static.append(size)
-
-    if flags.default_resolution is not None:
-        default = _resolution("--default_resolution", flags.default_resolution, problems)
-        if default is not None:
-            if not _fits(default, max_resolution):
-                problems.append(f"--default_resolution: {_fmt(default)} exceeds the maximum resolution "
-                                f"{_fmt(max_resolution)} (--max_resolution)")
-            if static and default not in static:
-                listed = " ".join(_fmt(s) for s in static)
-                problems.append(f"--default_resolution: {_fmt(default)} is not one of the static resolutions "
-                                f"of --resolution ({listed})")
-
-    for flag, given in (("--num_images_per_prompt", flags.num_images_per_prompt is not None),
-                        ("--guidance_scale", flags.guidance_scale is not None)):
-        if not given:
-            continue
-        if flags.resolution is None:
-            problems.append(f"{flag}: needs a single static --resolution WIDTHxHEIGHT (it sets the reshaped "
-                            "model's batch and guidance)")
-        elif len(static) > 1:
-            problems.append(f"{flag}: cannot be used with several static resolutions (--resolution "
-                            f'"{flags.resolution}")')
-    if len(static) == 1:
-        for flag, given in (("--max_resolution", flags.max_resolution is not None),
-                            ("--max_num_images_per_prompt", flags.max_num_images_per_prompt is not None)):
-            if given:
-                problems.append(f"{flag}: cannot be used with a single static --resolution (the models are "
-                                f"reshaped to {_fmt(static[0])})")
-
-    default_steps = flags.default_num_inference_steps or DEFAULT_NUM_INFERENCE_STEPS
-    max_steps = flags.max_num_inference_steps or DEFAULT_MAX_NUM_INFERENCE_STEPS
-    if default_steps > max_steps:
-        if flags.default_num_inference_steps is None:
-            problems.append(f"--max_num_inference_steps: {max_steps} is below the default number of steps "
-                            f"({default_steps}); set --default_num_inference_steps too")
-        else:
-            which = "--max_num_inference_steps" if flags.max_num_inference_steps else "the default maximum"
-            problems.append(f"--default_num_inference_steps: {default_steps} exceeds {which} {max_steps}")
-
-    if flags.uses_npu:
-        if flags.resolution is None:
-            problems.append('--target_device: NPU requires a single static --resolution WIDTHxHEIGHT')
-        elif len(flags.resolution.split()) > 1:
-            problems.append(f"--resolution: NPU requires exactly one static resolution, got "
-                            f"{len(flags.resolution.split())}")
+        max_resolution = _resolution("--max_resolution", flags.max_resolution, problems) or max_resolution
+    static = _static_resolutions(flags, max_resolution, problems)
+    problems += _default_resolution_problems(flags, max_resolution, static)
+    problems += _static_only_problems(flags, static)
+    problems += _steps_problems(flags)
+    problems += _npu_problems(flags)
     return problems
 
 
-def _string(value: str) -> str:
-    escaped: str = text_encoding.CEscape(value, as_utf8=True)  # type: ignore[arg-type]  # str is accepted
-    return '"' + escaped + '"'
+def _device_problems(flags: GraphFlags) -> list[str]:
+    if flags.device is None:
+        return []
+    parts = flags.device.split()
+    if len(parts) in (1, 3) and all(p in _DEVICES for p in parts):
+        return []
+    return [f'--target_device: expected CPU, GPU, NPU or three of them ("CPU GPU NPU"), got "{flags.device}"']
 
 
-def _float(value: float) -> str:
-    return repr(float(value))
+def _range_problems(flags: GraphFlags) -> list[str]:
+    """--num_streams > 0, then each flag-set field's range rule from the table."""
+    problems = []
+    if flags.num_streams is not None and flags.num_streams <= 0:
+        problems.append(f"--num_streams: must be greater than 0, got {flags.num_streams}")
+    for row in OPTIONS:
+        reason = row.range_problem(getattr(flags, row.field, None)) if row.flag is not None else None
+        if reason is not None:
+            problems.append(f"{row.flag}: {reason}")
+    return problems
+
+
+def _static_resolutions(flags: GraphFlags, max_resolution: tuple[int, int], problems: list[str]
+                        ) -> list[tuple[int, int]]:
+    static: list[tuple[int, int]] = []
+    if flags.resolution is None:
+        return static
+    tokens = flags.resolution.split()
+    if not tokens:
+        problems.append("--resolution: expected one or more space-separated WIDTHxHEIGHT values, got an empty "
+                        "string")
+    for token in tokens:
+        size = _resolution("--resolution", token, problems)
+        if size is None:
+            continue
+        if size in static:
+            problems.append(f'--resolution: "{token}" is listed twice')
+            continue
+        if flags.max_resolution is not None and not _fits(size, max_resolution):
+            problems.append(f'--resolution: "{token}" exceeds --max_resolution {_fmt(max_resolution)}')
+        static.append(size)
+    return static
+
+
+def _default_resolution_problems(flags: GraphFlags, max_resolution: tuple[int, int],
+                                 static: list[tuple[int, int]]) -> list[str]:
+    problems: list[str] = []
+    if flags.default_resolution is None:
+        return problems
+    size = _resolution("--default_resolution", flags.default_resolution, problems)
+    if size is None:
+        return problems
+    if not _fits(size, max_resolution):
+        problems.append(f"--default_resolution: {_fmt(size)} exceeds the maximum resolution "
+                        f"{_fmt(max_resolution)} (--max_resolution)")
+    if static and size not in static:
+        listed = " ".join(_fmt(s) for s in static)
+        problems.append(f"--default_resolution: {_fmt(size)} is not one of the static resolutions "
+                        f"of --resolution ({listed})")
+    return problems
+
+
+def _static_only_problems(flags: GraphFlags, static: list[tuple[int, int]]) -> list[str]:
+    """Batch and guidance need one static --resolution; with one, the dynamic limits cannot be set."""
+    problems: list[str] = []
+    for field in ("num_images_per_prompt", "guidance_scale"):
+        if getattr(flags, field) is None:
+            continue
+        if flags.resolution is None:
+            problems.append(f"{FLAGS[field]}: needs a single static --resolution WIDTHxHEIGHT (it sets the "
+                            "reshaped model's batch and guidance)")
+        elif len(static) > 1:
+            problems.append(f"{FLAGS[field]}: cannot be used with several static resolutions (--resolution "
+                            f'"{flags.resolution}")')
+    if len(static) == 1:
+        for field in ("max_resolution", "max_num_images_per_prompt"):
+            if getattr(flags, field) is not None:
+                problems.append(f"{FLAGS[field]}: cannot be used with a single static --resolution (the models "
+                                f"are reshaped to {_fmt(static[0])})")
+    return problems
+
+
+def _steps_problems(flags: GraphFlags) -> list[str]:
+    """The default number of steps (given or the proto's) within the maximum (given or the proto's)."""
+    default_steps = flags.default_num_inference_steps or DEFAULT_NUM_INFERENCE_STEPS
+    max_steps = flags.max_num_inference_steps or DEFAULT_MAX_NUM_INFERENCE_STEPS
+    if default_steps <= max_steps:
+        return []
+    if flags.default_num_inference_steps is None:
+        return [f"--max_num_inference_steps: {max_steps} is below the default number of steps "
+                f"({default_steps}); set --default_num_inference_steps too"]
+    which = "--max_num_inference_steps" if flags.max_num_inference_steps else "the default maximum"
+    return [f"--default_num_inference_steps: {default_steps} exceeds {which} {max_steps}"]
+
+
+def _npu_problems(flags: GraphFlags) -> list[str]:
+    if not flags.uses_npu:
+        return []
+    if flags.resolution is None:
+        return ["--target_device: NPU requires a single static --resolution WIDTHxHEIGHT"]
+    if len(flags.resolution.split()) > 1:
+        return [f"--resolution: NPU requires exactly one static resolution, got {len(flags.resolution.split())}"]
+    return []
+
+
+# ----- rendering -----
+
+_SCALAR_FLAGS = ("device", "max_resolution", "default_resolution", "max_num_images_per_prompt",
+                 "default_num_inference_steps", "max_num_inference_steps")
+_STATIC_FLAGS = ("num_images_per_prompt", "guidance_scale")
+
+
+def graph_options(flags: GraphFlags) -> ImageGenCalculatorOptions:
+    """The ImageGenCalculatorOptions ``flags`` describe (assumed checked); unset flags stay unset."""
+    options = ImageGenCalculatorOptions(models_path=flags.models_path)
+    for field in _SCALAR_FLAGS:
+        if (value := getattr(flags, field)) is not None:
+            setattr(options, field, value)
+    if flags.num_streams is not None:
+        options.plugin_config = json.dumps({"NUM_STREAMS": flags.num_streams})
+    if flags.resolution is not None:
+        options.resolution = " ".join(flags.resolution.split())
+        for field in _STATIC_FLAGS:
+            if (value := getattr(flags, field)) is not None:
+                setattr(options, field, value)
+    for adapter in flags.lora_adapters:
+        entry = options.lora_adapters.add(alias=adapter.alias, path=adapter.path,
+                                          mode=LoraLoadMode.Value(adapter.mode))
+        if adapter.alpha is not None:
+            entry.alpha = adapter.alpha
+    for composite in flags.composite_lora_adapters:
+        group = options.composite_lora_adapters.add(alias=composite.alias)
+        for component in composite.components:
+            part = group.components.add(adapter_alias=component.adapter_alias)
+            if component.alpha is not None:
+                part.alpha = component.alpha
+    return options
+
+
+def _static_heading(options: ImageGenCalculatorOptions) -> list[str]:
+    if len(options.resolution.split()) == 1:
+        return ["# Static shape: the models are reshaped to this resolution at load."]
+    return ["# Static resolutions: the only sizes a request may ask for."]
+
+
+def _lora_heading(options: ImageGenCalculatorOptions) -> list[str]:
+    if options.lora_adapters and options.lora_adapters[0].mode == LoraLoadMode.STATIC:
+        return ["# LoRA adapters (--source_loras), STATIC on NPU: compiled in with fixed alphas; only the",
+                "# adapter's alias (or, with several, the composite's) is a model name."]
+    return ['# LoRA adapters (--source_loras): a request picks one with "model": "<alias>";',
+            '# the graph\'s own name runs the base model. "lora_alphas" overrides alphas.']
+
+
+#: The comment lines that open a section of the options block (after a blank line).
+_SECTION_HEADINGS: dict[str, Callable[[ImageGenCalculatorOptions], list[str]]] = {
+    "static": _static_heading,
+    "limits": lambda options: ["# Request limits and defaults."],
+    "loras": _lora_heading,
+}
+
+
+def _one_line(options: ImageGenCalculatorOptions) -> str:
+    line: str = text_format.MessageToString(options, as_one_line=True, as_utf8=True)
+    return line
+
+
+def _field_lines(options: ImageGenCalculatorOptions, field: str) -> list[str]:
+    """``field`` of ``options`` as text_format lines: one per repeated entry. A string holding double
+    quotes (plugin_config's JSON) is written in single quotes when that needs no escaping."""
+    value = getattr(options, field)
+    if BY_FIELD[field].repeated:
+        lines = []
+        for entry in value:
+            single = ImageGenCalculatorOptions()
+            getattr(single, field).add().CopyFrom(entry)
+            lines.append(_one_line(single))
+        return lines
+    if isinstance(value, str) and '"' in value and not re.search(r"['\\\x00-\x1f]", value):
+        return [f"{field}: '{value}'"]
+    single = ImageGenCalculatorOptions()
+    setattr(single, field, value)
+    return [_one_line(single)]
+
+
+def render_options(options: ImageGenCalculatorOptions) -> list[str]:
+    """The fields ``options`` sets, in table order: each section opened by its heading comment."""
+    body: list[str] = []
+    section = OPTIONS[0].section
+    for row in OPTIONS:
+        if not (len(getattr(options, row.field)) if row.repeated else options.HasField(row.field)):
+            continue
+        if row.section != section:
+            section = row.section
+            body += ["", *_SECTION_HEADINGS[section](options)]
+        if row.comment:
+            body.append(f"# {row.comment}")
+        body += _field_lines(options, row.field)
+    return body
 
 
 def render_graph(flags: GraphFlags, *, header: str | None = None) -> str:
@@ -232,69 +361,7 @@ def render_graph(flags: GraphFlags, *, header: str | None = None) -> str:
         "  node_options: {",
         "      [type.googleapis.com / mediapipe.ImageGenCalculatorOptions]: {",
     ]
-    body: list[str] = []
-
-    def opt(name: str, value: str) -> None:
-        body.append(f"{name}: {value}")
-
-    body.append("# Folder holding model_index.json, relative to this file.")
-    opt("models_path", _string(flags.models_path))
-    if flags.device is not None:
-        opt("device", _string(flags.device))
-    if flags.num_streams is not None:
-        body.append("# NUM_STREAMS: how many requests this node generates at once.")
-        opt("plugin_config", "'" + json.dumps({"NUM_STREAMS": flags.num_streams}) + "'")
-
-    if flags.resolution is not None:
-        body.append("")
-        if len(flags.resolution.split()) == 1:
-            body.append("# Static shape: the models are reshaped to this resolution at load.")
-        else:
-            body.append("# Static resolutions: the only sizes a request may ask for.")
-        opt("resolution", _string(" ".join(flags.resolution.split())))
-        if flags.num_images_per_prompt is not None:
-            opt("num_images_per_prompt", str(flags.num_images_per_prompt))
-        if flags.guidance_scale is not None:
-            opt("guidance_scale", _float(flags.guidance_scale))
-
-    limits = [(name, value) for name, value in (
-        ("max_resolution", flags.max_resolution), ("default_resolution", flags.default_resolution))
-        if value is not None]
-    counts = [(name, value) for name, value in (
-        ("max_num_images_per_prompt", flags.max_num_images_per_prompt),
-        ("default_num_inference_steps", flags.default_num_inference_steps),
-        ("max_num_inference_steps", flags.max_num_inference_steps)) if value is not None]
-    if limits or counts:
-        body.append("")
-        body.append("# Request limits and defaults.")
-        for name, text in limits:
-            opt(name, _string(text))
-        for name, number in counts:
-            opt(name, str(number))
-
-    if flags.lora_adapters:
-        mode = flags.lora_adapters[0].mode
-        body.append("")
-        if mode == "STATIC":
-            body.append("# LoRA adapters (--source_loras), STATIC on NPU: compiled in with fixed alphas; only the")
-            body.append("# adapter's alias (or, with several, the composite's) is a model name.")
-        else:
-            body.append('# LoRA adapters (--source_loras): a request picks one with "model": "<alias>";')
-            body.append('# the graph\'s own name runs the base model. "lora_alphas" overrides alphas.')
-        for adapter in flags.lora_adapters:
-            alpha = f" alpha: {_float(adapter.alpha)}" if adapter.alpha is not None else ""
-            body.append(f"lora_adapters {{ alias: {_string(adapter.alias)} path: {_string(adapter.path)}{alpha} "
-                        f"mode: {adapter.mode} }}")
-    if flags.composite_lora_adapters:
-        body.append("# Composite adapters: blends of the adapters above, in the order listed.")
-        for composite in flags.composite_lora_adapters:
-            parts = []
-            for component in composite.components:
-                alpha = f" alpha: {_float(component.alpha)}" if component.alpha is not None else ""
-                parts.append(f"components {{ adapter_alias: {_string(component.adapter_alias)}{alpha} }}")
-            body.append(f"composite_lora_adapters {{ alias: {_string(composite.alias)} {' '.join(parts)} }}")
-
-    lines += [("          " + line) if line else "" for line in body]
+    lines += [("          " + line) if line else "" for line in render_options(graph_options(flags))]
     lines += [
         "      }",
         "  }",

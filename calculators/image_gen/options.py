@@ -2,29 +2,41 @@
 
 :func:`parse_options` turns a node's options into a frozen :class:`NodeSettings`, or into the list
 of every problem found (each naming its field, e.g. ``node_options.max_resolution``). It only
-looks at the filesystem (``models_path`` must exist); it never loads a model.
+looks at the filesystem (``models_path`` must exist); it never loads a model. Defaults and per-field
+ranges come from :mod:`calculators.image_gen.option_table`; the rules between fields are the small
+named functions below, one stage each, run in the order of the table.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from calculators.image_gen.option_table import MAX_RNG_SEED, default, range_problem
 from calculators.protos.image_gen_calculator_pb2 import ImageGenCalculatorOptions
 from ovms_graph.calculator import LoadContext, NodeIssue
+
+__all__ = [
+    "FIELD_PREFIX",
+    "MAX_RNG_SEED",
+    "NodeSettings",
+    "Resolution",
+    "json_kind",
+    "parse_devices",
+    "parse_options",
+    "parse_plugin_config",
+    "parse_resolution",
+]
 
 #: Prefix of every field name this module reports; the runtime renders it after the node.
 FIELD_PREFIX = "node_options."
 
 _RESOLUTION_RE = re.compile(r"^([0-9]+)x([0-9]+)$")
 _NUMERIC_RE = re.compile(r"^[0-9]+$")
-#: Largest seed a request or the node may give (SPEC §9).
-MAX_RNG_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True, order=True)
@@ -137,132 +149,44 @@ def json_kind(value: object) -> str:
     return "a number"
 
 
+class _Issues:
+    """The problems found so far, each naming its ``node_options.`` field."""
+
+    def __init__(self) -> None:
+        self.found: list[NodeIssue] = []
+
+    def add(self, fld: str, message: str) -> None:
+        self.found.append(NodeIssue(message, field=FIELD_PREFIX + fld))
+
+    def range(self, options: ImageGenCalculatorOptions, fld: str) -> None:
+        """The table's range rule for ``fld`` when the node sets it."""
+        if options.HasField(fld) and (reason := range_problem(fld, getattr(options, fld))) is not None:
+            self.add(fld, reason)
+
+
 def parse_options(options: ImageGenCalculatorOptions | None, ctx: LoadContext
                   ) -> tuple[NodeSettings | None, list[NodeIssue]]:
     """The node's settings, or None and every problem found (never raises on bad options)."""
-    issues: list[NodeIssue] = []
-
-    def issue(fld: str, message: str) -> None:
-        issues.append(NodeIssue(message, field=FIELD_PREFIX + fld))
-
     if options is None:
         return None, [NodeIssue(
             "ImageGenCalculator needs node_options "
             "{ [type.googleapis.com/mediapipe.ImageGenCalculatorOptions]: { models_path: \"...\" } }",
             field="node_options")]
-
-    models_path = ctx.resolve_path(options.models_path) if options.models_path else ctx.graph_dir
-    if not options.HasField("models_path"):
-        issue("models_path", "required field is missing")
-    elif not options.models_path.strip():
-        issue("models_path", "must not be empty (use \"./\" for the graph's folder)")
-    elif not models_path.is_dir():
-        issue("models_path", f'directory "{options.models_path}" does not exist (resolved to {models_path})')
-    elif not (models_path / "model_index.json").is_file():
-        issue("models_path", f"{models_path} has no model_index.json; expected an OpenVINO GenAI image "
-                             "generation model folder")
-
-    devices: tuple[str, ...] = ("CPU",)
-    if options.HasField("device"):
-        try:
-            devices = parse_devices(options.device)
-        except ValueError as exc:
-            issue("device", str(exc))
-
-    plugin_config: dict[str, Any] = {}
-    num_streams = 1
-    if options.HasField("plugin_config"):
-        try:
-            plugin_config, num_streams = parse_plugin_config(options.plugin_config)
-        except ValueError as exc:
-            issue("plugin_config", str(exc))
-
-    max_resolution = Resolution(4096, 4096)
-    try:
-        max_resolution = parse_resolution(options.max_resolution)
-    except ValueError as exc:
-        issue("max_resolution", str(exc))
-
-    static: list[Resolution] = []
-    if options.HasField("resolution"):
-        tokens = options.resolution.split()
-        if not tokens:
-            issue("resolution", "expected one or more space-separated WIDTHxHEIGHT values, got an empty string")
-        for token in tokens:
-            try:
-                res = parse_resolution(token)
-            except ValueError as exc:
-                issue("resolution", str(exc))
-                continue
-            if res in static:
-                issue("resolution", f'"{token}" is listed twice')
-                continue
-            if res.width % 8 or res.height % 8:
-                issue("resolution", f'"{token}": width and height must be divisible by 8')
-            elif options.HasField("max_resolution") and not res.fits_in(max_resolution):
-                issue("resolution", f'"{token}" exceeds max_resolution {max_resolution}')
-            static.append(res)
-
-    default_resolution: Resolution | None = None
-    if options.HasField("default_resolution"):
-        try:
-            default_resolution = parse_resolution(options.default_resolution)
-        except ValueError as exc:
-            issue("default_resolution", str(exc))
-    if default_resolution is not None:
-        if default_resolution.width % 8 or default_resolution.height % 8:
-            issue("default_resolution", f"{default_resolution}: width and height must be divisible by 8")
-        if not default_resolution.fits_in(max_resolution):
-            issue("default_resolution", f"{default_resolution} exceeds max_resolution {max_resolution}")
-        if static and default_resolution not in static:
-            listed = " ".join(str(r) for r in static)
-            issue("default_resolution", f"{default_resolution} is not one of the static resolutions ({listed})")
-
-    single_static = len(static) == 1
-    for name in ("num_images_per_prompt", "guidance_scale"):
-        if not options.HasField(name):
-            continue
-        if not options.HasField("resolution"):
-            issue(name, f'{name} requires a single static resolution (set resolution: "WIDTHxHEIGHT")')
-        elif len(static) > 1:
-            issue(name, f"{name} cannot be used with several static resolutions")
-    static_images: int | None = None
-    if options.HasField("num_images_per_prompt"):
-        static_images = options.num_images_per_prompt
-        if static_images <= 0:
-            issue("num_images_per_prompt", f"must be greater than 0, got {static_images}")
-    static_guidance: float | None = None
-    if options.HasField("guidance_scale"):
-        static_guidance = options.guidance_scale
-        if not math.isfinite(static_guidance):
-            issue("guidance_scale", f"must be a finite number, got {static_guidance}")
-    if single_static:
-        for name in ("max_resolution", "max_num_images_per_prompt"):
-            if options.HasField(name):
-                issue(name, f"cannot be set with a single static resolution (the models are reshaped to "
-                            f"{static[0]}; remove {name})")
-
-    for name in ("max_num_images_per_prompt", "default_num_inference_steps", "max_num_inference_steps"):
-        if getattr(options, name) <= 0:
-            issue(name, f"must be greater than 0, got {getattr(options, name)}")
-    if 0 < options.max_num_inference_steps < options.default_num_inference_steps:
-        issue("default_num_inference_steps",
-              f"{options.default_num_inference_steps} exceeds max_num_inference_steps "
-              f"{options.max_num_inference_steps}")
-
-    if options.HasField("default_rng_seed") and options.default_rng_seed > MAX_RNG_SEED:
-        issue("default_rng_seed", f"must be between 0 and {MAX_RNG_SEED}, got {options.default_rng_seed}")
-
-    if any(d.upper().startswith("NPU") for d in devices):
-        if not options.HasField("resolution"):
-            issue("resolution", 'NPU requires a static resolution: set resolution: "WIDTHxHEIGHT"')
-        elif len(static) > 1:
-            issue("resolution", f"NPU requires exactly one static resolution, got {len(static)}")
-
-    if issues:
-        return None, issues
+    issues = _Issues()
+    models_path = _models_path(options, ctx, issues)
+    devices = _devices(options, issues)
+    plugin_config, num_streams = _plugin_config(options, issues)
+    max_resolution = _max_resolution(options, issues)
+    static = _static_resolutions(options, max_resolution, issues)
+    default_resolution = _default_resolution(options, max_resolution, static, issues)
+    _static_only_options(options, static, issues)
+    _counts(options, issues)
+    _npu_needs_one_static_resolution(options, devices, static, issues)
+    if issues.found:
+        return None, issues.found
+    static_images = options.num_images_per_prompt if options.HasField("num_images_per_prompt") else None
     max_images = options.max_num_images_per_prompt
-    if single_static:
+    if len(static) == 1:
         # The reshaped batch is fixed: the static value is the only count a request may ask for.
         max_images = static_images if static_images is not None else 1
     return NodeSettings(
@@ -278,6 +202,133 @@ def parse_options(options: ImageGenCalculatorOptions | None, ctx: LoadContext
         max_num_inference_steps=options.max_num_inference_steps,
         static_resolutions=tuple(static),
         static_num_images_per_prompt=static_images,
-        static_guidance_scale=static_guidance,
+        static_guidance_scale=options.guidance_scale if options.HasField("guidance_scale") else None,
         default_rng_seed=options.default_rng_seed if options.HasField("default_rng_seed") else None,
     ), []
+
+
+def _models_path(options: ImageGenCalculatorOptions, ctx: LoadContext, issues: _Issues) -> Path:
+    """models_path resolved against the graph's folder: required, non-empty, a model folder."""
+    models_path = ctx.resolve_path(options.models_path) if options.models_path else ctx.graph_dir
+    if not options.HasField("models_path"):
+        issues.add("models_path", "required field is missing")
+    elif not options.models_path.strip():
+        issues.add("models_path", "must not be empty (use \"./\" for the graph's folder)")
+    elif not models_path.is_dir():
+        issues.add("models_path", f'directory "{options.models_path}" does not exist (resolved to {models_path})')
+    elif not (models_path / "model_index.json").is_file():
+        issues.add("models_path", f"{models_path} has no model_index.json; expected an OpenVINO GenAI image "
+                                  "generation model folder")
+    return models_path
+
+
+def _devices(options: ImageGenCalculatorOptions, issues: _Issues) -> tuple[str, ...]:
+    if options.HasField("device"):
+        try:
+            return parse_devices(options.device)
+        except ValueError as exc:
+            issues.add("device", str(exc))
+    return ("CPU",)
+
+
+def _plugin_config(options: ImageGenCalculatorOptions, issues: _Issues) -> tuple[dict[str, Any], int]:
+    if options.HasField("plugin_config"):
+        try:
+            return parse_plugin_config(options.plugin_config)
+        except ValueError as exc:
+            issues.add("plugin_config", str(exc))
+    return {}, 1
+
+
+def _max_resolution(options: ImageGenCalculatorOptions, issues: _Issues) -> Resolution:
+    try:
+        return parse_resolution(options.max_resolution)
+    except ValueError as exc:
+        issues.add("max_resolution", str(exc))
+    return parse_resolution(default("max_resolution"))
+
+
+def _static_resolutions(options: ImageGenCalculatorOptions, max_resolution: Resolution,
+                        issues: _Issues) -> list[Resolution]:
+    """The static resolutions: each WIDTHxHEIGHT once, divisible by 8, within a given max_resolution."""
+    static: list[Resolution] = []
+    if not options.HasField("resolution"):
+        return static
+    tokens = options.resolution.split()
+    if not tokens:
+        issues.add("resolution", "expected one or more space-separated WIDTHxHEIGHT values, got an empty string")
+    for token in tokens:
+        try:
+            res = parse_resolution(token)
+        except ValueError as exc:
+            issues.add("resolution", str(exc))
+            continue
+        if res in static:
+            issues.add("resolution", f'"{token}" is listed twice')
+            continue
+        if res.width % 8 or res.height % 8:
+            issues.add("resolution", f'"{token}": width and height must be divisible by 8')
+        elif options.HasField("max_resolution") and not res.fits_in(max_resolution):
+            issues.add("resolution", f'"{token}" exceeds max_resolution {max_resolution}')
+        static.append(res)
+    return static
+
+
+def _default_resolution(options: ImageGenCalculatorOptions, max_resolution: Resolution, static: list[Resolution],
+                        issues: _Issues) -> Resolution | None:
+    """default_resolution: divisible by 8, within max_resolution, one of the static resolutions if any."""
+    if not options.HasField("default_resolution"):
+        return None
+    try:
+        default_resolution = parse_resolution(options.default_resolution)
+    except ValueError as exc:
+        issues.add("default_resolution", str(exc))
+        return None
+    if default_resolution.width % 8 or default_resolution.height % 8:
+        issues.add("default_resolution", f"{default_resolution}: width and height must be divisible by 8")
+    if not default_resolution.fits_in(max_resolution):
+        issues.add("default_resolution", f"{default_resolution} exceeds max_resolution {max_resolution}")
+    if static and default_resolution not in static:
+        listed = " ".join(str(r) for r in static)
+        issues.add("default_resolution", f"{default_resolution} is not one of the static resolutions ({listed})")
+    return default_resolution
+
+
+def _static_only_options(options: ImageGenCalculatorOptions, static: list[Resolution], issues: _Issues) -> None:
+    """num_images_per_prompt and guidance_scale need one static resolution; with one, the dynamic
+    limits max_resolution and max_num_images_per_prompt cannot be set."""
+    for name in ("num_images_per_prompt", "guidance_scale"):
+        if not options.HasField(name):
+            continue
+        if not options.HasField("resolution"):
+            issues.add(name, f'{name} requires a single static resolution (set resolution: "WIDTHxHEIGHT")')
+        elif len(static) > 1:
+            issues.add(name, f"{name} cannot be used with several static resolutions")
+    issues.range(options, "num_images_per_prompt")
+    issues.range(options, "guidance_scale")
+    if len(static) == 1:
+        for name in ("max_resolution", "max_num_images_per_prompt"):
+            if options.HasField(name):
+                issues.add(name, f"cannot be set with a single static resolution (the models are reshaped to "
+                                 f"{static[0]}; remove {name})")
+
+
+def _counts(options: ImageGenCalculatorOptions, issues: _Issues) -> None:
+    """Image and step limits in range, default steps within the maximum; the seed in range."""
+    for name in ("max_num_images_per_prompt", "default_num_inference_steps", "max_num_inference_steps"):
+        issues.range(options, name)
+    if 0 < options.max_num_inference_steps < options.default_num_inference_steps:
+        issues.add("default_num_inference_steps",
+                   f"{options.default_num_inference_steps} exceeds max_num_inference_steps "
+                   f"{options.max_num_inference_steps}")
+    issues.range(options, "default_rng_seed")
+
+
+def _npu_needs_one_static_resolution(options: ImageGenCalculatorOptions, devices: tuple[str, ...],
+                                     static: list[Resolution], issues: _Issues) -> None:
+    if not any(d.upper().startswith("NPU") for d in devices):
+        return
+    if not options.HasField("resolution"):
+        issues.add("resolution", 'NPU requires a static resolution: set resolution: "WIDTHxHEIGHT"')
+    elif len(static) > 1:
+        issues.add("resolution", f"NPU requires exactly one static resolution, got {len(static)}")

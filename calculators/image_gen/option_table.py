@@ -1,0 +1,105 @@
+"""ImageGenCalculatorOptions as one table: per field, its proto type and default (read from
+``image_gen_calculator.proto``), its range rule, the ``pull`` flag that sets it, and where graph
+rendering puts it.
+
+Node validation (:mod:`calculators.image_gen.options`), the ``pull`` flag checks and graph rendering
+(:mod:`calculators.image_gen.graph_writer`) all read this table. Adding an option is one proto field
+plus one row; ``tests/calculators/image_gen/test_option_table.py`` refuses a proto field without a row.
+Rules between fields are small named functions in the two checkers; a range rule here returns the
+reason (``must be greater than 0, got 0``) that both phrase after the field or its flag.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from calculators.protos.image_gen_calculator_pb2 import ImageGenCalculatorOptions
+
+#: Largest seed a request or the node may give (SPEC §9).
+MAX_RNG_SEED = 2**63 - 1
+
+RangeRule = Callable[[Any], "str | None"]
+
+
+def positive(value: float) -> str | None:
+    """Counts: greater than 0."""
+    return None if value > 0 else f"must be greater than 0, got {value}"
+
+
+def finite(value: float) -> str | None:
+    """Scales: a finite number."""
+    return None if math.isfinite(value) else f"must be a finite number, got {value}"
+
+
+def seed(value: int) -> str | None:
+    """Seeds: 0..2**63-1 (the proto field is unsigned)."""
+    return None if value <= MAX_RNG_SEED else f"must be between 0 and {MAX_RNG_SEED}, got {value}"
+
+
+@dataclass(frozen=True)
+class OptionRow:
+    """One ImageGenCalculatorOptions field. ``flag`` is the ``pull`` flag that sets it (None: only a
+    hand-written graph sets it); ``section`` groups rendered fields under one heading comment;
+    ``comment`` is written right above the field."""
+
+    field: str
+    flag: str | None
+    range: RangeRule | None = None
+    section: str = "model"
+    comment: str | None = None
+
+    @property
+    def descriptor(self) -> Any:
+        """The proto FieldDescriptor: type, label, default."""
+        return ImageGenCalculatorOptions.DESCRIPTOR.fields_by_name[self.field]
+
+    @property
+    def default(self) -> Any:
+        """The proto default; None when the proto declares none."""
+        fd = self.descriptor
+        return fd.default_value if fd.has_default_value else None
+
+    @property
+    def repeated(self) -> bool:
+        return bool(self.descriptor.is_repeated)
+
+    def range_problem(self, value: Any) -> str | None:
+        """Why ``value`` is out of this field's range, or None."""
+        return self.range(value) if self.range is not None and value is not None else None
+
+
+#: Every ImageGenCalculatorOptions field, in the order graphs are rendered and nodes are checked.
+OPTIONS: tuple[OptionRow, ...] = (
+    OptionRow("models_path", None, comment="Folder holding model_index.json, relative to this file."),
+    OptionRow("device", "--target_device"),
+    OptionRow("plugin_config", "--num_streams", comment="NUM_STREAMS: how many requests this node generates at once."),
+    OptionRow("resolution", "--resolution", section="static"),
+    OptionRow("num_images_per_prompt", "--num_images_per_prompt", positive, section="static"),
+    OptionRow("guidance_scale", "--guidance_scale", finite, section="static"),
+    OptionRow("max_resolution", "--max_resolution", section="limits"),
+    OptionRow("default_resolution", "--default_resolution", section="limits"),
+    OptionRow("max_num_images_per_prompt", "--max_num_images_per_prompt", positive, section="limits"),
+    OptionRow("default_num_inference_steps", "--default_num_inference_steps", positive, section="limits"),
+    OptionRow("max_num_inference_steps", "--max_num_inference_steps", positive, section="limits"),
+    OptionRow("default_rng_seed", None, seed, section="limits"),
+    OptionRow("lora_adapters", "--source_loras", section="loras"),
+    OptionRow("composite_lora_adapters", "--source_loras", section="loras",
+              comment="Composite adapters: blends of the adapters above, in the order listed."),
+)
+
+BY_FIELD: dict[str, OptionRow] = {row.field: row for row in OPTIONS}
+#: The field-to-flag map the ``pull`` checks word their messages with.
+FLAGS: dict[str, str] = {row.field: row.flag for row in OPTIONS if row.flag is not None}
+
+
+def default(field: str) -> Any:
+    """The proto default of ``field`` (e.g. ``max_num_inference_steps`` -> 100)."""
+    return BY_FIELD[field].default
+
+
+def range_problem(field: str, value: Any) -> str | None:
+    """Why ``value`` is out of ``field``'s range, or None."""
+    return BY_FIELD[field].range_problem(value)
