@@ -186,25 +186,53 @@ def read_model_info(models_path: Path) -> ModelInfo:
     vae = _read_json(models_path / "vae_decoder" / "config.json")
     blocks = vae.get("block_out_channels")
     vae_scale = 2 ** (len(blocks) - 1) if isinstance(blocks, list) and blocks else 8
-    multiple = vae_scale
-    unet_blocks = unet.get("block_out_channels")
+    max_steps, source = _max_steps(models_path, family)
+    return ModelInfo(
+        class_name=class_name,
+        family=family,
+        inpainting_variant="Inpaint" in class_name or "Fill" in class_name,
+        denoiser_in_channels=in_channels if isinstance(in_channels, int) else None,
+        # SPEC §5: sizes are always multiples of 8, and of whatever the model itself needs.
+        size_multiple=math.lcm(8, _size_multiple(models_path, family, unet, denoiser, vae_scale)),
+        max_steps=max_steps,
+        max_steps_source=source,
+        max_side=_max_side(family, denoiser, vae_scale),
+    )
+
+
+def _patch(denoiser: dict[str, Any]) -> int:
+    patch = denoiser.get("patch_size")
+    return patch if isinstance(patch, int) and patch > 0 else 2
+
+
+def _size_multiple(models_path: Path, family: Family, unet: dict[str, Any], denoiser: dict[str, Any],
+                   vae_scale: int) -> int:
+    """What width and height must be multiples of for the denoiser (before the SPEC's 8)."""
     # The UNet IR decides (see calculators.image_gen.sizes); only when it cannot tell, the config's
     # block count gives the strictest rule an export may have (upsampling by exactly 2 per block).
     latent = unet_latent_multiple(models_path / "unet" / "openvino_model.xml")
+    unet_blocks = unet.get("block_out_channels")
     if latent is not None:
-        multiple = vae_scale * latent
-    elif isinstance(unet_blocks, list) and unet_blocks:
-        multiple = vae_scale * 2 ** (len(unet_blocks) - 1)
-    elif family is Family.FLUX:
-        multiple = vae_scale * 2  # latents are packed 2x2
-    elif family is Family.SD3 or "patch_size" in denoiser:
-        patch = denoiser.get("patch_size")
-        multiple = vae_scale * (patch if isinstance(patch, int) and patch > 0 else 2)
-    max_side = None
+        return vae_scale * latent
+    if isinstance(unet_blocks, list) and unet_blocks:
+        return int(vae_scale * 2 ** (len(unet_blocks) - 1))
+    if family is Family.FLUX:
+        return vae_scale * 2  # latents are packed 2x2
+    if family is Family.SD3 or "patch_size" in denoiser:
+        return vae_scale * _patch(denoiser)
+    return vae_scale
+
+
+def _max_side(family: Family, denoiser: dict[str, Any], vae_scale: int) -> int | None:
+    """SD3's largest side: its position embedding covers pos_embed_max_size patches."""
     pos_embed = denoiser.get("pos_embed_max_size")
     if family is Family.SD3 and isinstance(pos_embed, int) and pos_embed > 0:
-        patch = denoiser.get("patch_size")
-        max_side = pos_embed * (patch if isinstance(patch, int) and patch > 0 else 2) * vae_scale
+        return pos_embed * _patch(denoiser) * vae_scale
+    return None
+
+
+def _max_steps(models_path: Path, family: Family) -> tuple[int | None, str]:
+    """The most steps the scheduler can take, and where that number comes from."""
     scheduler = _read_json(models_path / "scheduler" / "scheduler_config.json")
     train_steps = scheduler.get("num_train_timesteps")
     max_steps = train_steps if isinstance(train_steps, int) and train_steps > 0 else None
@@ -214,18 +242,7 @@ def read_model_info(models_path: Path) -> ModelInfo:
             and (max_steps is None or original < max_steps)):
         # LCM's timesteps are a subset of its original_inference_steps schedule (diffusers refuses more).
         max_steps, source = original, "the LCM scheduler's original_inference_steps"
-    # SPEC §5: sizes are always multiples of 8, and of whatever the model itself needs.
-    multiple = math.lcm(8, multiple)
-    return ModelInfo(
-        class_name=class_name,
-        family=family,
-        inpainting_variant="Inpaint" in class_name or "Fill" in class_name,
-        denoiser_in_channels=in_channels if isinstance(in_channels, int) else None,
-        size_multiple=multiple,
-        max_steps=max_steps,
-        max_steps_source=source,
-        max_side=max_side,
-    )
+    return max_steps, source
 
 
 @dataclass(frozen=True)

@@ -234,7 +234,8 @@ def parse_source_loras(text: str | None, *, device: str | None = None, base_dir:
 
     ``device`` is the ``--target_device`` value (NPU loads adapters STATIC, which needs composites
     for several adapters); ``base_dir`` resolves relative local paths (default: the working folder).
-    Local files must exist; nothing is fetched.
+    Local files must exist; nothing is fetched. Stages: each entry, then composite references and
+    alphas, then the NPU rules.
     """
     if text is None or not text.strip():
         return SourceLoras()
@@ -243,34 +244,48 @@ def parse_source_loras(text: str | None, *, device: str | None = None, base_dir:
     composites: list[tuple[CompositeLoraSource, list[str]]] = []
     seen: set[str] = set()
     for raw in text.split(","):
-        entry = raw.strip()
-        if not entry:
-            raise SourceLorasError(
-                f"Empty entry in {FLAG}: '{text}'. Entries are alias=source, separated by single commas")
-        alias, eq, source = entry.partition("=")
-        alias = alias.strip()
-        source = source.strip()
-        if not eq or not alias:
-            raise SourceLorasError(f"Missing alias in {FLAG} entry: '{entry}'. Expected format: alias=source")
-        if is_dot_name(alias):
-            raise SourceLorasError(
-                f"Invalid LoRA alias '{alias}' in {FLAG} entry: '{entry}'. "
-                "Alias may not be '.' or '..': adapters are fetched into loras/<alias>/")
-        if not is_valid_alias(alias):
-            raise SourceLorasError(
-                f"Invalid LoRA alias '{alias}' in {FLAG} entry: '{entry}'. "
-                "Alias must contain only alphanumeric characters, hyphens, underscores, or dots.")
-        if alias in seen:
-            raise SourceLorasError(
-                f"Duplicate LoRA alias '{alias}' in {FLAG} entry: '{entry}'. Each alias must be unique.")
-        seen.add(alias)
-        if not source:
-            raise SourceLorasError(f"Empty source in {FLAG} entry: '{entry}'. Expected format: alias=source[:alpha]")
+        alias, source, entry = _entry(raw, text, seen)
         if source.startswith("@"):
             composites.append(_composite(alias, source, entry))
         else:
             adapters.append(_adapter(alias, source, entry, base))
+    _check_composites(adapters, composites)
+    if device is not None and "NPU" in device.split() and adapters:
+        _check_npu(adapters, [c for c, _ in composites])
+    return SourceLoras(tuple(adapters), tuple(c for c, _ in composites))
 
+
+def _entry(raw: str, text: str, seen: set[str]) -> tuple[str, str, str]:
+    """One ``alias=source`` entry as (alias, source, entry); the alias is valid and new (added to ``seen``)."""
+    entry = raw.strip()
+    if not entry:
+        raise SourceLorasError(
+            f"Empty entry in {FLAG}: '{text}'. Entries are alias=source, separated by single commas")
+    alias, eq, source = entry.partition("=")
+    alias = alias.strip()
+    source = source.strip()
+    if not eq or not alias:
+        raise SourceLorasError(f"Missing alias in {FLAG} entry: '{entry}'. Expected format: alias=source")
+    if is_dot_name(alias):
+        raise SourceLorasError(
+            f"Invalid LoRA alias '{alias}' in {FLAG} entry: '{entry}'. "
+            "Alias may not be '.' or '..': adapters are fetched into loras/<alias>/")
+    if not is_valid_alias(alias):
+        raise SourceLorasError(
+            f"Invalid LoRA alias '{alias}' in {FLAG} entry: '{entry}'. "
+            "Alias must contain only alphanumeric characters, hyphens, underscores, or dots.")
+    if alias in seen:
+        raise SourceLorasError(
+            f"Duplicate LoRA alias '{alias}' in {FLAG} entry: '{entry}'. Each alias must be unique.")
+    seen.add(alias)
+    if not source:
+        raise SourceLorasError(f"Empty source in {FLAG} entry: '{entry}'. Expected format: alias=source[:alpha]")
+    return alias, source, entry
+
+
+def _check_composites(adapters: list[LoraAdapterSource],
+                      composites: list[tuple[CompositeLoraSource, list[str]]]) -> None:
+    """Every composite component is a known adapter, and its alpha is given at one level only."""
     by_alias = {a.alias: a for a in adapters}
     composite_aliases = {c.alias for c, _ in composites}
     for composite, refs in composites:
@@ -294,23 +309,24 @@ def parse_source_loras(text: str | None, *, device: str | None = None, base_dir:
                     "Alpha must be specified at only one level: "
                     "either on the individual adapter or on the composite components, not both.")
 
-    if device is not None and "NPU" in device.split() and adapters:
-        if len(adapters) > 1 and not composites:
+
+def _check_npu(adapters: list[LoraAdapterSource], composites: list[CompositeLoraSource]) -> None:
+    """NPU compiles adapters in (STATIC): several adapters need exactly one composite listing them all."""
+    if len(adapters) > 1 and not composites:
+        raise SourceLorasError(
+            "NPU device with multiple LoRA adapters requires composite definitions to specify blend ratios. "
+            "All adapters are loaded with STATIC mode and runtime switching is unavailable. "
+            f"Add composite entries to {FLAG} or use a single adapter.")
+    if len(composites) > 1:
+        names = ", ".join(c.alias for c in composites)
+        raise SourceLorasError(
+            f"NPU device allows at most one composite in {FLAG}: adapters are compiled in with STATIC mode "
+            f"and the composite's alias is the only model name, got {len(composites)}: {names}")
+    if len(adapters) > 1:
+        composite = composites[0]
+        listed = {c.adapter_alias for c in composite.components}
+        missing = [a.alias for a in adapters if a.alias not in listed]
+        if missing:
             raise SourceLorasError(
-                "NPU device with multiple LoRA adapters requires composite definitions to specify blend ratios. "
-                "All adapters are loaded with STATIC mode and runtime switching is unavailable. "
-                f"Add composite entries to {FLAG} or use a single adapter.")
-        if len(composites) > 1:
-            names = ", ".join(c.alias for c, _ in composites)
-            raise SourceLorasError(
-                f"NPU device allows at most one composite in {FLAG}: adapters are compiled in with STATIC mode "
-                f"and the composite's alias is the only model name, got {len(composites)}: {names}")
-        if len(adapters) > 1:
-            composite = composites[0][0]
-            listed = {c.adapter_alias for c in composite.components}
-            missing = [a.alias for a in adapters if a.alias not in listed]
-            if missing:
-                raise SourceLorasError(
-                    f"NPU device compiles every LoRA adapter in (STATIC mode), so composite '{composite.alias}' "
-                    f"must list all of them; missing: {', '.join(missing)} in {FLAG} entry: '{composite.entry}'")
-    return SourceLoras(tuple(adapters), tuple(c for c, _ in composites))
+                f"NPU device compiles every LoRA adapter in (STATIC mode), so composite '{composite.alias}' "
+                f"must list all of them; missing: {', '.join(missing)} in {FLAG} entry: '{composite.entry}'")
