@@ -23,22 +23,32 @@ standard error is a terminal.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from calculators.image_gen.fetch import (
+    FetchError,
+    Hub,
+    PullError,
+    UsageError,
+    download_url,
+    fetch_error,
+    first_line,
+    hub_from_env,
+    install_folder,
+    progress_bars,
+    remove_path,
+)
 from calculators.image_gen.graph_writer import (
     CompositeComponentLine,
     CompositeLine,
@@ -57,16 +67,13 @@ from calculators.image_gen.source_loras import (
     valid_repo_id,
 )
 from ovms_graph.config import GraphEntry, write_model_entry
-from ovms_graph.errors import CommandError, ConfigError
+from ovms_graph.errors import ConfigError
 
 if TYPE_CHECKING:
-    from huggingface_hub import HfApi
-
     from calculators.image_gen.cli import PullOptions
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ENDPOINT = "https://huggingface.co"
 WEIGHT_FORMATS = ("int8", "int4", "fp16", "fp32")
 INSTALL_CONVERT = "pip install 'ovms-graph[convert]'"
 LORA_SOURCE_MARKER = ".ovms_graph_source.json"
@@ -85,24 +92,6 @@ IMAGE_GENERATION_PIPELINES = frozenset({
 _CONVERT_IGNORE = ["*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.pb", "*.tflite", "*.ot"]
 
 
-class PullError(CommandError):
-    """A pull that cannot be done; ``exit_code`` is the status ``ovms-graph pull`` exits with."""
-
-    exit_code = 1
-
-
-class UsageError(PullError):
-    """A flag that cannot be used (exit status 2); the message names the flag."""
-
-    exit_code = 2
-
-
-class FetchError(PullError):
-    """A download or conversion that failed (exit status 1)."""
-
-    exit_code = 1
-
-
 @dataclass(frozen=True)
 class PullPlan:
     """Checked flags: where the model goes, what it is served as, and what the graph will say."""
@@ -112,22 +101,6 @@ class PullPlan:
     served_name: str
     graph: GraphFlags
     loras: SourceLoras
-
-
-@dataclass(frozen=True)
-class _Hub:
-    endpoint: str
-    token: str | None
-
-    def api(self) -> HfApi:
-        from huggingface_hub import HfApi
-
-        return HfApi(endpoint=self.endpoint, token=self.token)
-
-
-def _hub() -> _Hub:
-    endpoint = (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-    return _Hub(endpoint, os.environ.get("HF_TOKEN") or None)
 
 
 # ----- phase 1: flags ------------------------------------------------------------------------------
@@ -171,57 +144,6 @@ def plan_pull(options: PullOptions, *, cwd: Path | None = None) -> PullPlan:
 
 # ----- helpers -------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _progress_bars(enabled: bool) -> Iterator[None]:
-    """huggingface_hub progress bars on only when ``enabled`` (a terminal), restored afterwards."""
-    hf_tqdm: Any = importlib.import_module("huggingface_hub.utils.tqdm")
-
-    switched = not enabled and not hf_tqdm.are_progress_bars_disabled()
-    if switched:
-        hf_tqdm.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if switched:
-            hf_tqdm.enable_progress_bars()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def _fetch_error(what: str, exc: Exception, hub: _Hub) -> FetchError:
-    """A FetchError that says what failed and why, in one or two lines (never a traceback)."""
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-
-    if isinstance(exc, GatedRepoError):
-        return FetchError(f"{what}: access to this gated repository was refused by {hub.endpoint}; accept its "
-                          "terms on the Hub and set HF_TOKEN")
-    if isinstance(exc, RepositoryNotFoundError):
-        hint = "" if hub.token else " (a private or gated repository needs HF_TOKEN)"
-        return FetchError(f"{what}: repository not found on {hub.endpoint}{hint}")
-    return FetchError(f"{what}: {_first_line(exc)}")
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def _install(staging: Path, target: Path) -> None:
-    """Move the finished ``staging`` folder to ``target`` (replacing it) with renames only."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    old = target.with_name(f".{target.name}.old")
-    _remove(old)
-    if target.exists():
-        target.rename(old)
-    staging.rename(target)
-    _remove(old)
-
-
 def _no_model_index(source: str) -> FetchError:
     return FetchError(f"--source_model {source}: not an image generation model: the repository has no "
                       "model_index.json (--task image_generation needs a diffusers pipeline, e.g. "
@@ -236,7 +158,7 @@ def _check_pipeline(model_index: Path, source: str) -> str:
     try:
         data = json.loads(model_index.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FetchError(f"{what}: model_index.json is not valid JSON ({_first_line(exc)})") from exc
+        raise FetchError(f"{what}: model_index.json is not valid JSON ({first_line(exc)})") from exc
     name = data.get("_class_name") if isinstance(data, dict) else None
     if not isinstance(name, str):
         raise FetchError(f"{what}: not an image generation model: model_index.json names no pipeline "
@@ -263,7 +185,7 @@ def optimum_available() -> bool:
 
 # ----- the model -----------------------------------------------------------------------------------
 
-def _pull_model_files(plan: PullPlan, options: PullOptions, hub: _Hub) -> None:
+def _pull_model_files(plan: PullPlan, options: PullOptions, hub: Hub) -> None:
     """Download (and convert if needed) the model into ``plan.model_dir``; a no-op when present."""
     target = plan.model_dir
     what = f"--source_model {plan.source_model}"
@@ -280,7 +202,7 @@ def _pull_model_files(plan: PullPlan, options: PullOptions, hub: _Hub) -> None:
         files = [s.rfilename for s in info.siblings] if info.siblings is not None else \
             api.list_repo_files(plan.source_model, revision=revision)
     except Exception as exc:
-        raise _fetch_error(what, exc, hub) from exc
+        raise fetch_error(what, exc, hub) from exc
     staging = target.with_name(f".{target.name}.download")
     if "model_index.json" not in files:
         raise _no_model_index(plan.source_model)
@@ -289,7 +211,7 @@ def _pull_model_files(plan: PullPlan, options: PullOptions, hub: _Hub) -> None:
     try:
         snapshot_download(plan.source_model, allow_patterns=["model_index.json"], **common)
     except Exception as exc:
-        raise _fetch_error(what, exc, hub) from exc
+        raise fetch_error(what, exc, hub) from exc
     pipeline = _check_pipeline(staging / "model_index.json", plan.source_model)
     ir = _is_openvino_ir(files)
     if not ir and not optimum_available():
@@ -300,16 +222,16 @@ def _pull_model_files(plan: PullPlan, options: PullOptions, hub: _Hub) -> None:
     try:
         snapshot_download(plan.source_model, ignore_patterns=None if ir else _CONVERT_IGNORE, **common)
     except Exception as exc:
-        raise _fetch_error(what, exc, hub) from exc
-    _remove(staging / ".cache")
+        raise fetch_error(what, exc, hub) from exc
+    remove_path(staging / ".cache")
     if ir:
-        _install(staging, target)
+        install_folder(staging, target)
         return
     converted = target.with_name(f".{target.name}.convert")
-    _remove(converted)
+    remove_path(converted)
     convert_model(staging, converted, options.weight_format, source=plan.source_model, pipeline=pipeline)
-    _install(converted, target)
-    _remove(staging)
+    install_folder(converted, target)
+    remove_path(staging)
 
 
 def export_task(pipeline: str) -> str:
@@ -335,11 +257,11 @@ def convert_model(source_dir: Path, output_dir: Path, weight_format: str, *, sou
     log.debug("running %s", " ".join(command))
     result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
     if result.returncode != 0 or not (output_dir / "model_index.json").is_file():
-        _remove(output_dir)
+        remove_path(output_dir)
         tail = "\n".join(result.stdout.strip().splitlines()[-15:])
         raise FetchError(f"{what}: conversion with optimum-intel failed (exit status {result.returncode}):\n{tail}")
     if not _is_openvino_ir([p.relative_to(output_dir).as_posix() for p in output_dir.rglob("openvino_model.xml")]):
-        _remove(output_dir)
+        remove_path(output_dir)
         raise FetchError(f"{what}: conversion with optimum-intel produced no openvino_model.xml")
 
 
@@ -371,13 +293,13 @@ def _present_lora(folder: Path, adapter: LoraAdapterSource) -> str | None:
     return None
 
 
-def _resolve_hf_lora(adapter: LoraAdapterSource, hub: _Hub) -> str:
+def _resolve_hf_lora(adapter: LoraAdapterSource, hub: Hub) -> str:
     """The .safetensors file an HF adapter source names, checked against the repository's files."""
     what = f"--source_loras entry '{adapter.entry}'"
     try:
         files = hub.api().list_repo_files(adapter.source)
     except Exception as exc:
-        raise _fetch_error(what, exc, hub) from exc
+        raise fetch_error(what, exc, hub) from exc
     candidates = sorted(f for f in files if f.endswith(".safetensors"))
     if adapter.filename is not None:
         if adapter.filename in files:
@@ -393,32 +315,7 @@ def _resolve_hf_lora(adapter: LoraAdapterSource, hub: _Hub) -> str:
     return candidates[0]
 
 
-def _download_url(url: str, dest: Path, hub: _Hub, *, progress: bool) -> None:
-    """Stream ``url`` into ``dest`` through ``dest.part``; FetchError-ready exceptions on failure."""
-    hf_tqdm: Any = importlib.import_module("huggingface_hub.utils.tqdm")
-
-    request = urllib.request.Request(url, headers={"User-Agent": "ovms-graph"})
-    if hub.token and url.startswith(hub.endpoint + "/"):
-        # The Hub redirects file downloads to a CDN: the token must not follow the redirect.
-        request.add_unredirected_header("Authorization", f"Bearer {hub.token}")
-    part = dest.with_name(dest.name + ".part")
-    with urllib.request.urlopen(request, timeout=60) as response:  # http(s) only: checked by the grammar
-        expected = response.headers.get("Content-Length")
-        total = int(expected) if expected and expected.isdigit() else None
-        received = 0
-        bar_class: Any = hf_tqdm.tqdm
-        with part.open("wb") as out, bar_class(total=total, unit="B", unit_scale=True, desc=dest.name,
-                                               disable=not progress) as bar:
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-                received += len(chunk)
-                bar.update(len(chunk))
-    if total is not None and received != total:
-        raise OSError(f"connection closed after {received} of {total} bytes")
-    part.replace(dest)
-
-
-def _fetch_lora(plan: PullPlan, fetch: _LoraFetch, hub: _Hub, *, progress: bool, force: bool) -> None:
+def _fetch_lora(plan: PullPlan, fetch: _LoraFetch, hub: Hub, *, progress: bool, force: bool) -> None:
     adapter = fetch.adapter
     target = _lora_dir(plan, adapter.alias)
     staging = target.with_name(f".{adapter.alias}.download")
@@ -431,19 +328,19 @@ def _fetch_lora(plan: PullPlan, fetch: _LoraFetch, hub: _Hub, *, progress: bool,
 
             hf_hub_download(adapter.source, fetch.file, local_dir=staging, endpoint=hub.endpoint, token=hub.token,
                             force_download=force)
-            _remove(staging / ".cache")
+            remove_path(staging / ".cache")
         else:
             (staging / fetch.file).unlink(missing_ok=True)
-            _download_url(adapter.source, staging / fetch.file, hub, progress=progress)
+            download_url(adapter.source, staging / fetch.file, hub, progress=progress)
     except urllib.error.HTTPError as exc:
         raise FetchError(f"{what}: download failed: HTTP {exc.code} {exc.reason}") from exc
     except urllib.error.URLError as exc:
         raise FetchError(f"{what}: download failed: {exc.reason}") from exc
     except Exception as exc:
-        raise _fetch_error(what, exc, hub) from exc
+        raise fetch_error(what, exc, hub) from exc
     marker = {"source": adapter.spec, "file": fetch.file}
     (staging / LORA_SOURCE_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
-    _install(staging, target)
+    install_folder(staging, target)
 
 
 # ----- the whole pull ------------------------------------------------------------------------------
@@ -479,12 +376,12 @@ def pull_model(options: PullOptions) -> GraphEntry:
     when a download or conversion fails; both are ConfigError values carrying one message.
     """
     plan = plan_pull(options)
-    hub = _hub()
+    hub = hub_from_env()
     if not log.isEnabledFor(logging.DEBUG):
         for name in ("httpx", "httpx2"):  # huggingface_hub's HTTP clients log every request at INFO
             logging.getLogger(name).setLevel(logging.WARNING)
     progress = sys.stderr.isatty()
-    with _progress_bars(progress):
+    with progress_bars(progress):
         # Resolve every remote adapter before the (large) model download, so that a wrong
         # --source_loras entry is reported before anything is fetched.
         lora_files: dict[str, str] = {}
@@ -513,7 +410,7 @@ def pull_model(options: PullOptions) -> GraphEntry:
         try:
             write_model_entry(config_path, plan.served_name, base_path)
         except (OSError, ValueError) as exc:
-            raise UsageError(f"--config_path {options.config_path}: cannot update it: {_first_line(exc)}") from exc
+            raise UsageError(f"--config_path {options.config_path}: cannot update it: {first_line(exc)}") from exc
         print(f"Model '{plan.served_name}' is in {options.config_path} (base_path {base_path})", flush=True)
     return GraphEntry(plan.served_name, graph_path, f"--source_model {plan.source_model}")
 
