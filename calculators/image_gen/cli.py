@@ -9,9 +9,12 @@ the graph the pull wrote.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from calculators.image_gen.option_table import DIRECT_FLAG_ROWS, OptionRow, finite, positive
 from ovms_graph.commands import CliExtension, GraphSource, Subparsers, finite_float, positive_int
 from ovms_graph.config import GraphEntry
 
@@ -50,6 +53,16 @@ def _device(value: str) -> str:
     return " ".join(parts)
 
 
+def _flag_type(row: OptionRow) -> Callable[[str], Any]:
+    """How a table row's flag parses, from its range rule: counts as positive integers, scales as finite
+    numbers, anything else as text (the graph checks and the calculator check it further)."""
+    if row.range is positive:
+        return positive_int(f"--{row.field}")
+    if row.range is finite:
+        return finite_float(f"--{row.field}")
+    return str
+
+
 def add_pull_flags(p: argparse.ArgumentParser, *, required: bool) -> None:
     """The ``pull`` flag group (also on ``serve``, where none is required)."""
     g = p.add_argument_group("pull")
@@ -60,14 +73,8 @@ def add_pull_flags(p: argparse.ArgumentParser, *, required: bool) -> None:
     g.add_argument("--model_name", help="served name (default: the source model id)")
     g.add_argument("--target_device", type=_device, help='CPU, GPU, NPU, or "TEXT DENOISE VAE" devices')
     g.add_argument("--source_loras", help="alias=source[:alpha],...; composites alias=@a:0.7+@b:0.5")
-    g.add_argument("--resolution", help="static resolution(s) WxH, space separated")
-    g.add_argument("--max_resolution", help="largest WxH a request may ask for")
-    g.add_argument("--default_resolution", help="WxH used when a request gives none")
-    g.add_argument("--max_num_images_per_prompt", type=positive_int("--max_num_images_per_prompt"))
-    g.add_argument("--default_num_inference_steps", type=positive_int("--default_num_inference_steps"))
-    g.add_argument("--max_num_inference_steps", type=positive_int("--max_num_inference_steps"))
-    g.add_argument("--num_images_per_prompt", type=positive_int("--num_images_per_prompt"))
-    g.add_argument("--guidance_scale", type=finite_float("--guidance_scale"))
+    for row in DIRECT_FLAG_ROWS:
+        g.add_argument(f"--{row.field}", type=_flag_type(row), help=row.help)
     g.add_argument("--num_streams", type=positive_int("--num_streams"), help="pipeline sets per node")
     g.add_argument("--weight-format", "--weight_format", dest="weight_format",
                    choices=("int8", "int4", "fp16", "fp32"), default="int8",
@@ -77,15 +84,12 @@ def add_pull_flags(p: argparse.ArgumentParser, *, required: bool) -> None:
 
 def pull_options(ns: argparse.Namespace) -> PullOptions:
     """The parsed ``pull`` (or ``serve --source_model``) flags."""
+    direct = {row.field: getattr(ns, row.field) for row in DIRECT_FLAG_ROWS}
     return PullOptions(
         source_model=ns.source_model, model_repository_path=ns.model_repository_path, task=ns.task,
         model_name=ns.model_name, target_device=ns.target_device, source_loras=ns.source_loras,
-        resolution=ns.resolution, max_resolution=ns.max_resolution, default_resolution=ns.default_resolution,
-        max_num_images_per_prompt=ns.max_num_images_per_prompt,
-        default_num_inference_steps=ns.default_num_inference_steps,
-        max_num_inference_steps=ns.max_num_inference_steps, num_images_per_prompt=ns.num_images_per_prompt,
-        guidance_scale=ns.guidance_scale, num_streams=ns.num_streams, weight_format=ns.weight_format,
-        overwrite_models=ns.overwrite_models, config_path=getattr(ns, "config_path", None))
+        num_streams=ns.num_streams, weight_format=ns.weight_format, overwrite_models=ns.overwrite_models,
+        config_path=getattr(ns, "config_path", None), **direct)
 
 
 def pulled_graphs(options: PullOptions) -> GraphSource:

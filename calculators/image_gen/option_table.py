@@ -1,10 +1,12 @@
 """ImageGenCalculatorOptions as one table: per field, its proto type and default (read from
-``image_gen_calculator.proto``), its range rule, the ``pull`` flag that sets it, and where graph
-rendering puts it.
+``image_gen_calculator.proto``), its range rule, the ``pull`` flag that sets it (with its help), and
+where graph rendering puts it.
 
-Node validation (:mod:`calculators.image_gen.options`), the ``pull`` flag checks and graph rendering
-(:mod:`calculators.image_gen.graph_writer`) all read this table. Adding an option is one proto field
-plus one row; ``tests/calculators/image_gen/test_option_table.py`` refuses a proto field without a row.
+Node validation (:mod:`calculators.image_gen.options`), the ``pull`` flags (declared, parsed and
+checked: :mod:`calculators.image_gen.cli`, :func:`calculators.image_gen.graph_writer.check_graph_flags`)
+and graph rendering (:mod:`calculators.image_gen.graph_writer`) all read this table. Adding an option
+is one proto field plus one row; ``tests/calculators/image_gen/test_option_table.py`` refuses a proto
+field without a row.
 Rules between fields are small named functions in the two checkers; a range rule here returns the
 reason (``must be greater than 0, got 0``) that both phrase after the field or its flag.
 """
@@ -50,6 +52,8 @@ class OptionRow:
     range: RangeRule | None = None
     section: str = "model"
     comment: str | None = None
+    #: The flag's ``--help`` text (None: none).
+    help: str | None = None
 
     @property
     def descriptor(self) -> Any:
@@ -76,11 +80,12 @@ OPTIONS: tuple[OptionRow, ...] = (
     OptionRow("models_path", None, comment="Folder holding model_index.json, relative to this file."),
     OptionRow("device", "--target_device"),
     OptionRow("plugin_config", "--num_streams", comment="NUM_STREAMS: how many requests this node generates at once."),
-    OptionRow("resolution", "--resolution", section="static"),
+    OptionRow("resolution", "--resolution", section="static", help="static resolution(s) WxH, space separated"),
     OptionRow("num_images_per_prompt", "--num_images_per_prompt", positive, section="static"),
     OptionRow("guidance_scale", "--guidance_scale", finite, section="static"),
-    OptionRow("max_resolution", "--max_resolution", section="limits"),
-    OptionRow("default_resolution", "--default_resolution", section="limits"),
+    OptionRow("max_resolution", "--max_resolution", section="limits", help="largest WxH a request may ask for"),
+    OptionRow("default_resolution", "--default_resolution", section="limits",
+              help="WxH used when a request gives none"),
     OptionRow("max_num_images_per_prompt", "--max_num_images_per_prompt", positive, section="limits"),
     OptionRow("default_num_inference_steps", "--default_num_inference_steps", positive, section="limits"),
     OptionRow("max_num_inference_steps", "--max_num_inference_steps", positive, section="limits"),
@@ -93,6 +98,12 @@ OPTIONS: tuple[OptionRow, ...] = (
 BY_FIELD: dict[str, OptionRow] = {row.field: row for row in OPTIONS}
 #: The field-to-flag map the ``pull`` checks word their messages with.
 FLAGS: dict[str, str] = {row.field: row.flag for row in OPTIONS if row.flag is not None}
+
+
+#: Fields whose flag sets the field itself (``--<field>``): ``pull`` declares, parses and passes these
+#: straight from the table. The others have flags of their own shape (``--target_device``,
+#: ``--num_streams`` into plugin_config, ``--source_loras``).
+DIRECT_FLAG_ROWS: tuple[OptionRow, ...] = tuple(row for row in OPTIONS if row.flag == f"--{row.field}")
 
 
 def default(field: str) -> Any:

@@ -58,6 +58,7 @@ from calculators.image_gen.graph_writer import (
     render_graph,
     write_graph,
 )
+from calculators.image_gen.option_table import DIRECT_FLAG_ROWS
 from calculators.image_gen.source_loras import (
     LoraAdapterSource,
     LoraSourceKind,
@@ -119,13 +120,8 @@ def plan_pull(options: PullOptions, *, cwd: Path | None = None) -> PullPlan:
     if options.model_name is not None and not options.model_name.strip():
         problems.append("--model_name: must not be empty")
     served = options.model_name or source
-    graph = GraphFlags(
-        device=options.target_device, num_streams=options.num_streams, resolution=options.resolution,
-        max_resolution=options.max_resolution, default_resolution=options.default_resolution,
-        max_num_images_per_prompt=options.max_num_images_per_prompt,
-        default_num_inference_steps=options.default_num_inference_steps,
-        max_num_inference_steps=options.max_num_inference_steps,
-        num_images_per_prompt=options.num_images_per_prompt, guidance_scale=options.guidance_scale)
+    graph = GraphFlags(device=options.target_device, num_streams=options.num_streams,
+                       **{row.field: getattr(options, row.field) for row in DIRECT_FLAG_ROWS})
     problems += check_graph_flags(graph)
     loras = SourceLoras()
     try:
