@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -207,17 +207,3 @@ class Calculator:
 
     def close(self, cc: CalculatorContext) -> None:
         """Release per-request state. Runs whenever ``open`` succeeded."""
-
-
-def closer(resources: Any) -> Callable[[], None] | None:
-    """The ``close()`` of a resources value, if it has one (called at shutdown)."""
-    fn = getattr(resources, "close", None)
-    return fn if callable(fn) else None
-
-
-@dataclass
-class ResourceInfo:
-    """Facts a resources value may publish to the runtime."""
-
-    concurrency: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
