@@ -37,7 +37,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from calculators.image_gen.option_table import BY_FIELD, FLAGS, OPTIONS, default
+from calculators.image_gen.option_table import BY_FIELD, DIRECT_FLAG_ROWS, FLAGS, OPTIONS, default
 from calculators.protos.image_gen_calculator_pb2 import ImageGenCalculatorOptions, LoraLoadMode
 
 _RESOLUTION_RE = re.compile(r"^([0-9]+)x([0-9]+)$")
@@ -248,24 +248,18 @@ def _npu_problems(flags: GraphFlags) -> list[str]:
 
 # ----- rendering -----
 
-_SCALAR_FLAGS = ("device", "max_resolution", "default_resolution", "max_num_images_per_prompt",
-                 "default_num_inference_steps", "max_num_inference_steps")
-_STATIC_FLAGS = ("num_images_per_prompt", "guidance_scale")
-
-
 def graph_options(flags: GraphFlags) -> ImageGenCalculatorOptions:
     """The ImageGenCalculatorOptions ``flags`` describe (assumed checked); unset flags stay unset."""
     options = ImageGenCalculatorOptions(models_path=flags.models_path)
-    for field in _SCALAR_FLAGS:
-        if (value := getattr(flags, field)) is not None:
-            setattr(options, field, value)
+    if flags.device is not None:
+        options.device = flags.device
     if flags.num_streams is not None:
         options.plugin_config = json.dumps({"NUM_STREAMS": flags.num_streams})
-    if flags.resolution is not None:
-        options.resolution = " ".join(flags.resolution.split())
-        for field in _STATIC_FLAGS:
-            if (value := getattr(flags, field)) is not None:
-                setattr(options, field, value)
+    for row in DIRECT_FLAG_ROWS:
+        value = getattr(flags, row.field)
+        if value is None or (row.section == "static" and flags.resolution is None):
+            continue  # static-shape options only exist with a static resolution
+        setattr(options, row.field, " ".join(value.split()) if row.field == "resolution" else value)
     for adapter in flags.lora_adapters:
         entry = options.lora_adapters.add(alias=adapter.alias, path=adapter.path,
                                           mode=LoraLoadMode.Value(adapter.mode))

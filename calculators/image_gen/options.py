@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from calculators.image_gen.option_table import MAX_RNG_SEED, default, range_problem
+from calculators.image_gen.option_table import MAX_RNG_SEED, OPTIONS, default, range_problem
 from calculators.protos.image_gen_calculator_pb2 import ImageGenCalculatorOptions
 from ovms_graph.calculator import LoadContext, NodeIssue
 
@@ -180,7 +180,8 @@ def parse_options(options: ImageGenCalculatorOptions | None, ctx: LoadContext
     static = _static_resolutions(options, max_resolution, issues)
     default_resolution = _default_resolution(options, max_resolution, static, issues)
     _static_only_options(options, static, issues)
-    _counts(options, issues)
+    _ranges(options, issues)
+    _steps(options, issues)
     _npu_needs_one_static_resolution(options, devices, static, issues)
     if issues.found:
         return None, issues.found
@@ -304,8 +305,6 @@ def _static_only_options(options: ImageGenCalculatorOptions, static: list[Resolu
             issues.add(name, f'{name} requires a single static resolution (set resolution: "WIDTHxHEIGHT")')
         elif len(static) > 1:
             issues.add(name, f"{name} cannot be used with several static resolutions")
-    issues.range(options, "num_images_per_prompt")
-    issues.range(options, "guidance_scale")
     if len(static) == 1:
         for name in ("max_resolution", "max_num_images_per_prompt"):
             if options.HasField(name):
@@ -313,15 +312,19 @@ def _static_only_options(options: ImageGenCalculatorOptions, static: list[Resolu
                                  f"{static[0]}; remove {name})")
 
 
-def _counts(options: ImageGenCalculatorOptions, issues: _Issues) -> None:
-    """Image and step limits in range, default steps within the maximum; the seed in range."""
-    for name in ("max_num_images_per_prompt", "default_num_inference_steps", "max_num_inference_steps"):
-        issues.range(options, name)
+def _ranges(options: ImageGenCalculatorOptions, issues: _Issues) -> None:
+    """Every set field within its table range (counts > 0, finite scales, seeds below 2**63)."""
+    for row in OPTIONS:
+        if row.range is not None:
+            issues.range(options, row.field)
+
+
+def _steps(options: ImageGenCalculatorOptions, issues: _Issues) -> None:
+    """The default number of steps within the maximum."""
     if 0 < options.max_num_inference_steps < options.default_num_inference_steps:
         issues.add("default_num_inference_steps",
                    f"{options.default_num_inference_steps} exceeds max_num_inference_steps "
                    f"{options.max_num_inference_steps}")
-    issues.range(options, "default_rng_seed")
 
 
 def _npu_needs_one_static_resolution(options: ImageGenCalculatorOptions, devices: tuple[str, ...],

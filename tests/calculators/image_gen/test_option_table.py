@@ -44,3 +44,7 @@ def test_rendered_options_parse_back_to_the_message() -> None:
     parsed = text_format.Parse("\n".join(render_options(message)), ImageGenCalculatorOptions())
     assert parsed == message
     assert message.plugin_config == '{"NUM_STREAMS": 3}'
+
+
+def test_range_rules_are_on_scalar_fields() -> None:
+    assert [row.field for row in OPTIONS if row.range is not None and row.repeated] == []
