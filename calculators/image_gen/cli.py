@@ -10,39 +10,16 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from calculators.image_gen import pull
 from calculators.image_gen.option_table import DIRECT_FLAG_ROWS, OptionRow, finite, positive
+from calculators.image_gen.pull import PullOptions
 from ovms_graph.commands import CliExtension, GraphSource, Subparsers, finite_float, positive_int
 from ovms_graph.config import GraphEntry
 
 DEVICES = ("CPU", "GPU", "NPU")
-
-
-@dataclass(frozen=True)
-class PullOptions:
-    """What ``pull`` (and ``serve --source_model``) downloads and writes into graph.pbtxt."""
-
-    source_model: str
-    model_repository_path: Path
-    task: str | None = None
-    model_name: str | None = None
-    target_device: str | None = None
-    source_loras: str | None = None
-    resolution: str | None = None
-    max_resolution: str | None = None
-    default_resolution: str | None = None
-    max_num_images_per_prompt: int | None = None
-    default_num_inference_steps: int | None = None
-    max_num_inference_steps: int | None = None
-    num_images_per_prompt: int | None = None
-    guidance_scale: float | None = None
-    num_streams: int | None = None
-    weight_format: str = "int8"
-    overwrite_models: bool = False
-    config_path: Path | None = None
 
 
 def _device(value: str) -> str:
@@ -95,16 +72,12 @@ def pull_options(ns: argparse.Namespace) -> PullOptions:
 def pulled_graphs(options: PullOptions) -> GraphSource:
     """What ``serve --source_model`` serves: the graph ``pull_model(options)`` writes (PullError otherwise)."""
     def source() -> list[GraphEntry]:
-        from calculators.image_gen import pull  # looked up per call, so tests can stand in for pull_model
-
-        return [pull.pull_model(options)]
+        return [pull.pull_model(options)]  # looked up per call, so tests can stand in for pull_model
     return source
 
 
 def _run_pull(ns: argparse.Namespace) -> int:
-    from calculators.image_gen.pull import run_pull
-
-    return run_pull(pull_options(ns))
+    return pull.run_pull(pull_options(ns))
 
 
 class ImageGenCommands(CliExtension):

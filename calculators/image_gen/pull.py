@@ -34,7 +34,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from calculators.image_gen.fetch import (
     FetchError,
@@ -70,9 +70,6 @@ from calculators.image_gen.source_loras import (
 from ovms_graph.config import GraphEntry, write_model_entry
 from ovms_graph.errors import ConfigError
 
-if TYPE_CHECKING:
-    from calculators.image_gen.cli import PullOptions
-
 log = logging.getLogger(__name__)
 
 WEIGHT_FORMATS = ("int8", "int4", "fp16", "fp32")
@@ -91,6 +88,30 @@ IMAGE_GENERATION_PIPELINES = frozenset({
 
 # Files a diffusers repository may carry that a conversion never reads (checkpoints in other formats).
 _CONVERT_IGNORE = ["*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.pb", "*.tflite", "*.ot"]
+
+
+@dataclass(frozen=True)
+class PullOptions:
+    """What ``pull`` (and ``serve --source_model``) downloads and writes into graph.pbtxt."""
+
+    source_model: str
+    model_repository_path: Path
+    task: str | None = None
+    model_name: str | None = None
+    target_device: str | None = None
+    source_loras: str | None = None
+    resolution: str | None = None
+    max_resolution: str | None = None
+    default_resolution: str | None = None
+    max_num_images_per_prompt: int | None = None
+    default_num_inference_steps: int | None = None
+    max_num_inference_steps: int | None = None
+    num_images_per_prompt: int | None = None
+    guidance_scale: float | None = None
+    num_streams: int | None = None
+    weight_format: str = "int8"
+    overwrite_models: bool = False
+    config_path: Path | None = None
 
 
 @dataclass(frozen=True)
