@@ -12,7 +12,8 @@ from fixed seeds. They draw noise, not pictures.
                                  FlowMatchEuler, 64x64
     models/tiny/lcm/             LatentConsistencyModelPipeline (UNet with time_cond_proj_dim, the
                                  SD1.5 layout otherwise), LCMScheduler, 64x64
-    models/tiny/loras/           lora_a/b/c.safetensors: kohya-format LoRAs for sd15
+    models/tiny/loras/           lora_a/b/c.safetensors: kohya-format LoRAs for sd15 (and lcm);
+                                 lora_sd3.safetensors: a diffusers/PEFT-format LoRA for sd3's transformer
     models/tiny/MANIFEST.json    sha256 of every file, package versions, seed
 
 Run in the fixtures venv (torch, diffusers, transformers, openvino, openvino-tokenizers):
@@ -200,6 +201,33 @@ def lora_state_dict(
     return state
 
 
+#: The SD3 LoRA: diffusers/PEFT keys (``transformer.<module>.lora_A.weight`` / ``lora_B.weight``), the
+#: format SD3 adapters ship in and OpenVINO GenAI reads for SD3; kohya UNet keys do not apply to it.
+SD3_LORA = ("lora_sd3", "SD3 transformer attention projections to_q/to_k/to_v/to_out.0 (diffusers/PEFT keys)",
+            20.0, ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"))
+
+
+def build_sd3_lora(pipe: Any, out: Path) -> None:
+    from safetensors.torch import save_file
+
+    name, desc, scale, suffixes = SD3_LORA
+    gen = torch.Generator().manual_seed(SEED + 2000)
+    state: dict[str, torch.Tensor] = {}
+    for module_name, module in sorted(pipe.transformer.named_modules()):
+        if not module_name.endswith(suffixes) or not isinstance(module, torch.nn.Linear):
+            continue
+        out_f, in_f = module.weight.shape
+        std = float(module.weight.detach().std())
+        state[f"transformer.{module_name}.lora_A.weight"] = (
+            torch.randn((LORA_RANK, in_f), generator=gen) / in_f**0.5).contiguous()
+        state[f"transformer.{module_name}.lora_B.weight"] = (
+            torch.randn((out_f, LORA_RANK), generator=gen) * (scale * std / LORA_RANK**0.5)).contiguous()
+    if not state:
+        raise RuntimeError(f"no module of the SD3 transformer matched {suffixes}")
+    save_file(state, str(out / f"{name}.safetensors"),
+              metadata={"description": f"{desc}; rank {LORA_RANK}; base models/tiny/sd3"})
+
+
 def build_loras(pipe: Any, out: Path) -> None:
     from safetensors.torch import save_file
 
@@ -306,7 +334,7 @@ def t5_encoder(tokenizer: Any, offset: int) -> Any:
     )).eval()
 
 
-def build_sd3(out: Path) -> Any:
+def build_sd3(out: Path, *, export: bool = True) -> Any:
     """Two CLIP encoders with projection (pooled 2 x 32 = 64), a 2-layer T5 (d_model 32 = the
     transformer's joint_attention_dim, as in diffusers' own tiny SD3), a one-block patch-2 MMDiT."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
@@ -335,7 +363,8 @@ def build_sd3(out: Path) -> Any:
         text_encoder_3=t5_encoder(t5_tok, 403),
         tokenizer_3=t5_tok,
     )
-    ov_export.export_pipeline(pipe, out, kind="sd3")
+    if export:
+        ov_export.export_pipeline(pipe, out, kind="sd3")
     return pipe
 
 
@@ -390,8 +419,9 @@ def write_manifest(out: Path) -> dict[str, Any]:
         "seed": SEED,
         "python": ".".join(map(str, sys.version_info[:2])),
         "packages": packages,
-        "loras": {name: {"description": desc, "base": "sd15", "scale": scale}
-                  for name, (desc, scale, _) in LORAS.items()},
+        "loras": {**{name: {"description": desc, "base": "sd15", "scale": scale}
+                     for name, (desc, scale, _) in LORAS.items()},
+                  SD3_LORA[0]: {"description": SD3_LORA[1], "base": "sd3", "scale": SD3_LORA[2]}},
         "files": files,
     }
     (out / "MANIFEST.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -420,13 +450,15 @@ def main(argv: list[str] | None = None) -> int:
         "lcm": lambda: build_lcm(out / "lcm"),
     }
     t_all = time.time()
-    sd15 = None
+    sd15 = sd3 = None
     for name, step in steps.items():
         if name in args.only:
             t = time.time()
             pipe = step()
             if name == "sd15":
                 sd15 = pipe
+            if name == "sd3":
+                sd3 = pipe
             print(f"{name}: {time.time() - t:.1f}s", flush=True)
     if "loras" in args.only:
         t = time.time()
@@ -436,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
         if lora_dir.exists():
             shutil.rmtree(lora_dir)
         build_loras(sd15, lora_dir)
+        if sd3 is None:
+            sd3 = build_sd3(Path(os.devnull), export=False)
+        build_sd3_lora(sd3, lora_dir)
         print(f"loras: {time.time() - t:.1f}s", flush=True)
     manifest = write_manifest(out)
     size = sum(f["bytes"] for f in manifest["files"].values())

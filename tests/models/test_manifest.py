@@ -42,7 +42,9 @@ def test_manifest_records_how_the_files_were_built() -> None:
     assert isinstance(manifest["seed"], int)
     for pkg in ("torch", "diffusers", "transformers", "openvino", "openvino-tokenizers"):
         assert manifest["packages"].get(pkg), f"package version of {pkg} not recorded"
-    assert sorted(manifest["loras"]) == ["lora_a", "lora_b", "lora_c"]
+    assert sorted(manifest["loras"]) == ["lora_a", "lora_b", "lora_c", "lora_sd3"]
+    assert {name: entry["base"] for name, entry in manifest["loras"].items()} == {
+        "lora_a": "sd15", "lora_b": "sd15", "lora_c": "sd15", "lora_sd3": "sd3"}
 
 
 def test_total_size_stays_small() -> None:
@@ -153,6 +155,12 @@ def safetensors_keys(path: Path) -> list[str]:
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     return sorted(k for k in json.loads(raw[8:8 + n]) if k != "__metadata__")
+
+
+def test_sd3_lora_uses_diffusers_keys_for_the_transformer() -> None:
+    keys = safetensors_keys(TINY / "loras" / "lora_sd3.safetensors")
+    pattern = re.compile(r"transformer\.transformer_blocks\.0\.attn\.(to_q|to_k|to_v|to_out\.0)\.lora_[AB]\.weight")
+    assert len(keys) == 8 and [k for k in keys if not pattern.fullmatch(k)] == []
 
 
 KOHYA = re.compile(r"lora_(unet|te)_[a-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)")

@@ -54,6 +54,8 @@ GRAPHS: dict[str, tuple[str, tuple[str, ...]]] = {
     "sd3-default": ("sd3", ("default_num_inference_steps: 2",)),
     "lcm-default": ("lcm", (f'lora_adapters {{ alias: "lcm-default-style" '
                             f'path: "{TINY / "loras" / "lora_a.safetensors"}" }}',)),
+    "sd3-lora": ("sd3", (f"plugin_config: '{F32}'", "default_num_inference_steps: 2",
+                         f'lora_adapters {{ alias: "sd3-style" path: "{TINY / "loras" / "lora_sd3.safetensors"}" }}')),
     "lcm-lora": ("lcm", (f"plugin_config: '{F32}'",
                          f'lora_adapters {{ alias: "lcm-style" path: "{TINY / "loras" / "lora_a.safetensors"}" }}')),
 }

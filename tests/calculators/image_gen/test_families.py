@@ -216,6 +216,24 @@ def test_lcm_dynamic_lora_equals_openvino_genai(servers: Servers) -> None:
     assert np.array_equal(styled, np.array(pipe.generate(PROMPT, rng_seed=5).data)[0])
 
 
+def test_sd3_dynamic_lora_in_diffusers_format_equals_openvino_genai(servers: Servers) -> None:
+    """A transformer LoRA (diffusers/PEFT keys) is what SD3 takes: DYNAMIC, switched per request."""
+    server = servers["sd3-lora"]
+    base = images(server.generate({"model": "sd3-lora", "prompt": PROMPT, "rng_seed": 5}))[0]
+    styled = images(server.generate({"model": "sd3-style", "prompt": PROMPT, "rng_seed": 5}))[0]
+    half = images(server.generate({"model": "sd3-style", "prompt": PROMPT, "rng_seed": 5,
+                                   "lora_alphas": {"sd3-style": 0.5}}))[0]
+    assert np.abs(styled.astype(int) - base).mean() > 1
+    assert not np.array_equal(half, styled)
+    for alpha, served in ((1.0, styled), (0.5, half)):
+        config = openvino_genai.AdapterConfig()
+        config.add(openvino_genai.Adapter(str(TINY / "loras" / "lora_sd3.safetensors")), alpha)
+        pipe = direct_pipeline(server, "sd3-lora", Task.TEXT2IMAGE, adapters=config)
+        assert np.array_equal(served, np.array(pipe.generate(PROMPT, rng_seed=5, num_inference_steps=2, width=64,
+                                                             height=64).data)[0])
+    assert np.array_equal(base, images(server.generate({"model": "sd3-lora", "prompt": PROMPT, "rng_seed": 5}))[0])
+
+
 def test_a_unet_lora_on_sd3_is_refused_at_load_naming_the_alias(tmp_path: Path) -> None:
     lora = TINY / "loras" / "lora_a.safetensors"
     node = CalculatorRunner(node_text(f'models_path: "{TINY / "sd3"}"',
