@@ -109,15 +109,20 @@ class SourceMap:
 
 
 def _tokens(text: str) -> list[tuple[str, int]]:
-    """The pbtxt tokens of ``text`` with their 1-based lines; a malformed tail is cut off."""
-    tok = text_format.Tokenizer(text.splitlines(keepends=True))
+    """The pbtxt tokens of ``text`` with their 1-based lines; from a malformed token on, nothing.
+
+    Each line is tokenized on its own (a text-format token never spans lines), so the line numbers
+    need no private Tokenizer state.
+    """
     toks: list[tuple[str, int]] = []
-    try:
-        while not tok.AtEnd():
-            toks.append((tok.token, int(getattr(tok, "_line")) + 1))  # noqa: B009 - no public position API
-            tok.NextToken()
-    except Exception:  # a malformed tail still maps what came before it
-        pass
+    for number, line in enumerate(text.splitlines(keepends=True), start=1):
+        try:
+            tok = text_format.Tokenizer([line])
+            while not tok.AtEnd():
+                toks.append((tok.token, number))
+                tok.NextToken()
+        except text_format.ParseError:  # a malformed tail still maps what came before it
+            break
     return toks
 
 
