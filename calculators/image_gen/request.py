@@ -375,12 +375,36 @@ def _load_json(body: bytes) -> object:
 
 
 def _build(f: _Fields, rules: RequestRules, *, route: str, form: MultipartView | None) -> ImageRequest:
-    settings, info = rules.settings, rules.info
+    """The request ``f`` describes, checked stage by stage; each stage raises the first problem it
+    finds, so a request with several problems is refused for the one of the earliest stage."""
     prompt = f.get_str("prompt")
     if prompt is None:
         raise BadRequest("prompt field is not a string", param="prompt")
+    _check_usable(f, rules.info, route)
+    output_format, compression = _output(f)
+    stream, partial_images = _streaming(f)
+    quality = _quality(f)
+    end_user = _end_user(f)
+    count = _num_images(f, rules.settings, stream)
+    steps = _steps(f, quality, rules)
+    guidance = _guidance(f, rules)
+    seed = _seed(f, rules.settings)
+    strength = _strength(f)
+    max_len = _max_sequence_length(f, rules)
+    inputs = _inputs(f, rules, form, _EditLimits(steps, strength, count))
+    return ImageRequest(
+        route=route, task=inputs.task, prompt=prompt, width=inputs.size.width, height=inputs.size.height,
+        num_images=count.value, num_inference_steps=steps,
+        texts={name: value for name in TEXT_FIELDS if (value := f.get_str(name)) is not None},
+        guidance_scale=guidance, rng_seed=seed, strength=strength, max_sequence_length=max_len,
+        output_format=output_format, output_compression=compression, stream=stream,
+        partial_images=partial_images, lora_alphas=f.values.get("lora_alphas"),
+        quality=QUALITY_ECHO[quality or "auto"], end_user=end_user, image=inputs.image, mask=inputs.mask,
+    )
 
-    # Fields the model or the route cannot use.
+
+def _check_usable(f: _Fields, info: ModelInfo, route: str) -> None:
+    """Fields the model or the route cannot use."""
     for name in TEXT_FIELDS:
         if f.has(name) and name not in info.text_fields:
             takes = ", ".join(["prompt", *sorted(info.text_fields)])
@@ -391,6 +415,9 @@ def _build(f: _Fields, rules: RequestRules, *, route: str, form: MultipartView |
     if f.has("strength") and route != EDITS:
         raise BadRequest("strength is only supported by images/edits", param="strength")
 
+
+def _output(f: _Fields) -> tuple[str, int | None]:
+    """``(output_format, output_compression)``; ``response_format`` must be b64_json."""
     response_format = f.get_str("response_format")
     if response_format is not None and response_format != "b64_json":
         raise BadRequest(f"Unsupported response_format: {response_format}. Only b64_json is supported.",
@@ -407,7 +434,11 @@ def _build(f: _Fields, rules: RequestRules, *, route: str, form: MultipartView |
         if output_format == "png":
             raise BadRequest("output_compression applies only to output_format jpeg or webp",
                              param="output_compression")
+    return output_format, compression
 
+
+def _streaming(f: _Fields) -> tuple[bool, int]:
+    """``(stream, partial_images)``."""
     stream = bool(f.get_bool("stream"))
     partial_images = f.get_int("partial_images") or 0
     if f.has("partial_images"):
@@ -416,7 +447,11 @@ def _build(f: _Fields, rules: RequestRules, *, route: str, form: MultipartView |
                              param="partial_images")
         if not stream:
             raise BadRequest("partial_images requires stream: true", param="partial_images")
+    return stream, partial_images
 
+
+def _quality(f: _Fields) -> str | None:
+    """The requested ``quality`` (None when absent), after ``background`` and ``moderation`` are checked."""
     quality = f.get_str("quality")
     if quality is not None and quality not in QUALITY_ECHO:
         raise BadRequest(f'quality must be one of {", ".join(QUALITY_ECHO)}, got "{quality}"', param="quality")
@@ -429,9 +464,18 @@ def _build(f: _Fields, rules: RequestRules, *, route: str, form: MultipartView |
     moderation = f.get_str("moderation")
     if moderation is not None and moderation not in MODERATIONS:
         raise BadRequest(f'moderation must be one of auto, low, got "{moderation}"', param="moderation")
-    end_user = _end_user(f)
+    return quality
 
-    # Number of images.
+
+@dataclass(frozen=True)
+class _ImageCount:
+    """How many images a request asks for, and the field it used (``n`` or ``num_images_per_prompt``)."""
+
+    name: str
+    value: int
+
+
+def _num_images(f: _Fields, settings: NodeSettings, stream: bool) -> _ImageCount:
     if f.has("n") and f.has("num_images_per_prompt"):
         raise BadRequest("n and num_images_per_prompt are mutually exclusive; set only one", param="n")
     n_name = "n" if f.has("n") else "num_images_per_prompt"
@@ -439,67 +483,94 @@ def _build(f: _Fields, rules: RequestRules, *, route: str, form: MultipartView |
     if num_images is None:
         num_images = settings.static_num_images_per_prompt or 1
     else:
-        if num_images <= 0:
-            raise BadRequest(f"{n_name} must be higher than 0", param=n_name)
-        if num_images > settings.max_num_images_per_prompt:
-            raise BadRequest(f"{n_name} is greater than max_num_images_per_prompt: "
-                             f"{settings.max_num_images_per_prompt}", param=n_name)
-        if settings.reshaped and num_images != (settings.static_num_images_per_prompt or 1):
-            raise BadRequest(f"{n_name} doesn't match underlying model shape: the model is reshaped for "
-                             f"{settings.static_num_images_per_prompt or 1} image(s) per prompt", param=n_name)
+        _check_num_images(n_name, num_images, settings)
     if stream and num_images != 1:
         raise BadRequest(f"stream: true supports one image per request, got {n_name}={num_images}", param=n_name)
+    return _ImageCount(n_name, num_images)
 
-    # Steps.
+
+def _check_num_images(n_name: str, num_images: int, settings: NodeSettings) -> None:
+    if num_images <= 0:
+        raise BadRequest(f"{n_name} must be higher than 0", param=n_name)
+    if num_images > settings.max_num_images_per_prompt:
+        raise BadRequest(f"{n_name} is greater than max_num_images_per_prompt: "
+                         f"{settings.max_num_images_per_prompt}", param=n_name)
+    if settings.reshaped and num_images != (settings.static_num_images_per_prompt or 1):
+        raise BadRequest(f"{n_name} doesn't match underlying model shape: the model is reshaped for "
+                         f"{settings.static_num_images_per_prompt or 1} image(s) per prompt", param=n_name)
+
+
+def _steps(f: _Fields, quality: str | None, rules: RequestRules) -> int:
+    settings, info = rules.settings, rules.info
     steps = f.get_int("num_inference_steps")
     if steps is None:
-        steps = _quality_steps(quality or "auto", settings, info)
-    elif steps <= 0:
+        return _quality_steps(quality or "auto", settings, info)
+    if steps <= 0:
         raise BadRequest("num_inference_steps must be higher than 0", param="num_inference_steps")
-    elif steps > settings.max_num_inference_steps:
+    if steps > settings.max_num_inference_steps:
         raise BadRequest(f"num_inference_steps is greater than max_num_inference_steps: "
                          f"{settings.max_num_inference_steps}", param="num_inference_steps")
-    elif info.max_steps is not None and steps > info.max_steps:
+    if info.max_steps is not None and steps > info.max_steps:
         raise BadRequest(f"num_inference_steps is greater than {info.max_steps_source}: {info.max_steps}",
                          param="num_inference_steps")
+    return steps
 
-    # Guidance.
+
+def _guidance(f: _Fields, rules: RequestRules) -> float | None:
+    """The ``guidance_scale`` to pass (None: the model's default), checked against a reshaped
+    model, a family that fixes guidance at the first generate, and negative prompts."""
     guidance = f.get_float("guidance_scale")
-    if settings.reshaped:
-        compiled = settings.static_guidance_scale
-        reference = compiled if compiled is not None else rules.defaults.guidance_scale
-        if guidance is not None and not math.isclose(guidance, reference, rel_tol=1e-6, abs_tol=1e-6):
-            raise BadRequest(f"guidance_scale doesn't match underlying model shape: the model is reshaped for "
-                             f"guidance_scale {reference:g}", param="guidance_scale")
-        if guidance is None and compiled is not None:
-            guidance = compiled
-    effective_guidance = guidance if guidance is not None else rules.defaults.guidance_scale
-    if info.family in GUIDANCE_FIXED_AT_FIRST_GENERATE and not settings.reshaped:
-        default = rules.defaults.guidance_scale
-        if (effective_guidance > 1.0) != (default > 1.0):
-            state = "on (guidance_scale > 1)" if default > 1.0 else "off (guidance_scale <= 1)"
-            raise BadRequest(f"guidance_scale {effective_guidance:g} would turn classifier-free guidance "
-                             f"{'on' if effective_guidance > 1.0 else 'off'}, but this {info.family.value} model runs "
-                             f"with it {state}, as its default {default:g} does: OpenVINO GenAI fixes that at a "
-                             "pipeline's first generate", param="guidance_scale")
+    if rules.settings.reshaped:
+        guidance = _reshaped_guidance(guidance, rules)
+    effective = guidance if guidance is not None else rules.defaults.guidance_scale
+    if rules.info.family in GUIDANCE_FIXED_AT_FIRST_GENERATE and not rules.settings.reshaped:
+        _check_guidance_switch(effective, rules)
     for name in NEGATIVE_FIELDS:
-        if f.has(name) and effective_guidance <= 1.0:
-            raise BadRequest(f"{name} has no effect with guidance_scale {effective_guidance:g}; negative prompts "
+        if f.has(name) and effective <= 1.0:
+            raise BadRequest(f"{name} has no effect with guidance_scale {effective:g}; negative prompts "
                              "need guidance_scale > 1", param=name)
+    return guidance
 
+
+def _reshaped_guidance(guidance: float | None, rules: RequestRules) -> float | None:
+    compiled = rules.settings.static_guidance_scale
+    reference = compiled if compiled is not None else rules.defaults.guidance_scale
+    if guidance is not None and not math.isclose(guidance, reference, rel_tol=1e-6, abs_tol=1e-6):
+        raise BadRequest(f"guidance_scale doesn't match underlying model shape: the model is reshaped for "
+                         f"guidance_scale {reference:g}", param="guidance_scale")
+    return compiled if guidance is None and compiled is not None else guidance
+
+
+def _check_guidance_switch(effective: float, rules: RequestRules) -> None:
+    default = rules.defaults.guidance_scale
+    if (effective > 1.0) != (default > 1.0):
+        state = "on (guidance_scale > 1)" if default > 1.0 else "off (guidance_scale <= 1)"
+        raise BadRequest(f"guidance_scale {effective:g} would turn classifier-free guidance "
+                         f"{'on' if effective > 1.0 else 'off'}, but this {rules.info.family.value} model runs "
+                         f"with it {state}, as its default {default:g} does: OpenVINO GenAI fixes that at a "
+                         "pipeline's first generate", param="guidance_scale")
+
+
+def _seed(f: _Fields, settings: NodeSettings) -> int:
     seed = f.get_int("rng_seed")
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise BadRequest(f"rng_seed must be between 0 and {MAX_SEED}, got {seed}", param="rng_seed")
     if seed is None:
         seed = settings.default_rng_seed if settings.default_rng_seed is not None else secrets.randbelow(DRAWN_SEEDS)
+    return seed
 
+
+def _strength(f: _Fields) -> float | None:
     strength = f.get_float("strength")
     if strength is not None:
         if strength > 1.0:
             raise BadRequest("strength is greater than maxStrength: 1", param="strength")
         if strength < 0.0:
             raise BadRequest("strength is less than minStrength: 0", param="strength")
+    return strength
 
+
+def _max_sequence_length(f: _Fields, rules: RequestRules) -> int | None:
     max_len = f.get_int("max_sequence_length")
     if max_len is not None and not 1 <= max_len <= MAX_SEQUENCE_LENGTH:
         raise BadRequest(f"max_sequence_length must be between 1 and {MAX_SEQUENCE_LENGTH}, got {max_len}",
@@ -509,50 +580,64 @@ def _build(f: _Fields, rules: RequestRules, *, route: str, form: MultipartView |
         # length fails every later request of that pipeline set.
         raise BadRequest(f"max_sequence_length must be {rules.defaults.max_sequence_length} for this model "
                          f"(its T5 text encoder runs at that length), got {max_len}", param="max_sequence_length")
+    return max_len
 
-    # Task, input images and output size.
-    task = Task.TEXT2IMAGE
+
+@dataclass(frozen=True)
+class _EditLimits:
+    """What an edit's input checks need from the earlier stages."""
+
+    steps: int
+    strength: float | None
+    count: _ImageCount
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """The task, the output size and the input tensors (edits only)."""
+
+    task: Task
+    size: Resolution
     image: np.ndarray | None = None
     mask: np.ndarray | None = None
-    requested = _requested_size(f)
-    if form is not None:
-        images = [*form.files.get("image", ()), *form.files.get("image[]", ())]
-        if not images:
-            raise BadRequest("Missing required field: 'image'", param="image")
-        if len(images) > 1:
-            raise BadRequest(f"one image is edited at a time; got {len(images)} (image or image[]): send one",
-                             param="image")
-        masks = form.files.get("mask", ())
-        if len(masks) > 1:
-            raise BadRequest(f"exactly one mask is supported, got {len(masks)}", param="mask")
-        task = Task.INPAINTING if masks else Task.IMAGE2IMAGE
-        _check_task(task, rules)
-        _check_strength(steps, strength, task, rules)
-        _check_lcm_steps(steps, strength, task, rules)
-        single = info.single_image_reason(task)
-        if single is not None and num_images > 1:
-            raise BadRequest(f"{single} supports one image per request, got {n_name}={num_images}", param=n_name)
-        source = decode_image(images[0].data, "image", settings.max_resolution)
-        target = _check_size(requested, _default_edit_size(source.resolution, rules), rules)
-        image = image_tensor_array(resized(source.image, target))
-        if masks:
-            mask_image = decode_image(masks[0].data, "mask", settings.max_resolution, mode="L").image
-            mask_image = resized(mask_image, source.resolution, mask=True)
-            mask = mask_tensor_array(resized(mask_image, target, mask=True))
-    else:
-        _check_task(task, rules)
-        target = _check_size(requested, _default_size(rules), rules)
 
-    lora_alphas = f.values.get("lora_alphas")
-    return ImageRequest(
-        route=route, task=task, prompt=prompt, width=target.width, height=target.height,
-        num_images=num_images, num_inference_steps=steps,
-        texts={name: value for name in TEXT_FIELDS if (value := f.get_str(name)) is not None},
-        guidance_scale=guidance, rng_seed=seed, strength=strength, max_sequence_length=max_len,
-        output_format=output_format, output_compression=compression, stream=stream,
-        partial_images=partial_images, lora_alphas=lora_alphas, quality=QUALITY_ECHO[quality or "auto"],
-        end_user=end_user, image=image, mask=mask,
-    )
+
+def _inputs(f: _Fields, rules: RequestRules, form: MultipartView | None, limits: _EditLimits) -> _Inputs:
+    """Task, input images and output size: text-to-image without a form, else an edit of its image."""
+    requested = _requested_size(f)
+    if form is None:
+        _check_task(Task.TEXT2IMAGE, rules)
+        return _Inputs(Task.TEXT2IMAGE, _check_size(requested, _default_size(rules), rules))
+    images = [*form.files.get("image", ()), *form.files.get("image[]", ())]
+    if not images:
+        raise BadRequest("Missing required field: 'image'", param="image")
+    if len(images) > 1:
+        raise BadRequest(f"one image is edited at a time; got {len(images)} (image or image[]): send one",
+                         param="image")
+    masks = form.files.get("mask", ())
+    if len(masks) > 1:
+        raise BadRequest(f"exactly one mask is supported, got {len(masks)}", param="mask")
+    task = Task.INPAINTING if masks else Task.IMAGE2IMAGE
+    _check_edit(task, rules, limits)
+    settings = rules.settings
+    source = decode_image(images[0].data, "image", settings.max_resolution)
+    target = _check_size(requested, _default_edit_size(source.resolution, rules), rules)
+    image = image_tensor_array(resized(source.image, target))
+    if not masks:
+        return _Inputs(task, target, image)
+    mask_image = decode_image(masks[0].data, "mask", settings.max_resolution, mode="L").image
+    mask_image = resized(mask_image, source.resolution, mask=True)
+    return _Inputs(task, target, image, mask_tensor_array(resized(mask_image, target, mask=True)))
+
+
+def _check_edit(task: Task, rules: RequestRules, limits: _EditLimits) -> None:
+    _check_task(task, rules)
+    _check_strength(limits.steps, limits.strength, task, rules)
+    _check_lcm_steps(limits.steps, limits.strength, task, rules)
+    single = rules.info.single_image_reason(task)
+    if single is not None and limits.count.value > 1:
+        raise BadRequest(f"{single} supports one image per request, got {limits.count.name}={limits.count.value}",
+                         param=limits.count.name)
 
 
 def _check_strength(steps: int, strength: float | None, task: Task, rules: RequestRules) -> None:
@@ -685,23 +770,31 @@ def _default_edit_size(source: Resolution, rules: RequestRules) -> Resolution:
 
 def _check_size(requested: _SizeRequest, default: Resolution, rules: RequestRules) -> Resolution:
     """The output size: the request's, completed from ``default``, checked against the node."""
-    settings, multiple = rules.settings, rules.info.size_multiple
     size = Resolution(requested.width if requested.width is not None else default.width,
                       requested.height if requested.height is not None else default.height)
-    explicit = requested.width is not None or requested.height is not None
     for side, value in (("width", size.width), ("height", size.height)):
-        problem = size_problem(side, value, multiple)
+        problem = size_problem(side, value, rules.info.size_multiple)
         if problem is not None:
-            blame = side if requested.param != "size" else "size"
-            limit = None if settings.static_resolutions else settings.max_resolution
-            near = [r for r in nearest_sizes(size, multiple, limit)
-                    if not settings.static_resolutions or r in settings.static_resolutions]
-            if settings.static_resolutions and not near:
-                near = list(settings.static_resolutions)
-            if near:
-                problem += f"; nearest sizes that work: {', '.join(str(r) for r in near)}"
-            raise BadRequest(problem, param=blame)
-    param = requested.param if explicit else None
+            raise BadRequest(problem + _nearest_hint(size, rules), param=side if requested.param != "size" else "size")
+    explicit = requested.width is not None or requested.height is not None
+    _check_size_limits(size, rules, requested.param if explicit else None)
+    return size
+
+
+def _nearest_hint(size: Resolution, rules: RequestRules) -> str:
+    """``"; nearest sizes that work: ..."`` for a size off the multiple (empty when none)."""
+    settings, multiple = rules.settings, rules.info.size_multiple
+    limit = None if settings.static_resolutions else settings.max_resolution
+    near = [r for r in nearest_sizes(size, multiple, limit)
+            if not settings.static_resolutions or r in settings.static_resolutions]
+    if settings.static_resolutions and not near:
+        near = list(settings.static_resolutions)
+    return f"; nearest sizes that work: {', '.join(str(r) for r in near)}" if near else ""
+
+
+def _check_size_limits(size: Resolution, rules: RequestRules, param: str | None) -> None:
+    """``size`` against the static resolutions or max_resolution, and the model's largest side."""
+    settings = rules.settings
     if settings.static_resolutions:
         if size not in settings.static_resolutions:
             listed = " ".join(str(r) for r in settings.static_resolutions)
@@ -715,4 +808,3 @@ def _check_size(requested: _SizeRequest, default: Resolution, rules: RequestRule
         raise BadRequest(f"requested resolution {size} is larger than this {rules.info.family.value} model can "
                          f"generate: at most {most} pixels per side (its transformer's pos_embed_max_size)",
                          param=param)
-    return size
