@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 #: The highest grade allowed (radon: A 1-5, B 6-10, C 11-20, D 21-30, E 31-40, F 41+).
 WORST = "C"
 PATHS = [
-    "calculators/image_gen/lora",
-    "calculators/image_gen/request.py",
+    "ovms_graph",
+    "calculators",
 ]
 
 
