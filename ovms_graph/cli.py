@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.command != "serve":
         run: int = ns.run(ns)
         return run
-    from ovms_graph.server import run_serve
+    from ovms_graph.serve import run_serve
     return run_serve(ns.config_path, server_options(ns), _serve_source(ns, parser, extensions))
 
 

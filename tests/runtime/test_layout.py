@@ -100,7 +100,7 @@ def test_no_import_cycles() -> None:
 
 def test_the_checks_see_imports_and_cycles() -> None:
     assert "ovms_graph.settings" in GRAPH["ovms_graph.server"]  # a module-level import
-    assert "ovms_graph.server" in GRAPH["ovms_graph.cli"]  # an import inside a function
+    assert "ovms_graph.serve" in GRAPH["ovms_graph.cli"]  # an import inside a function
     assert "calculators.image_gen.pull" in GRAPH["calculators.image_gen.cli"]  # from package import module
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []

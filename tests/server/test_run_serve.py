@@ -9,7 +9,7 @@ import pytest
 import calculators.image_gen.pull
 from calculators.image_gen.cli import PullOptions, pulled_graphs
 from calculators.image_gen.pull import FetchError, PullError, UsageError
-from ovms_graph.server import run_serve
+from ovms_graph.serve import run_serve
 from ovms_graph.settings import ServerOptions
 
 
