@@ -48,7 +48,10 @@ class HttpPayload:
 
     ``model`` is the routable name the front end matched (a graph name or an alias a calculator
     registered at load); ``route`` is the API route without its version prefix, e.g.
-    ``images/generations``.
+    ``images/generations``. ``parsed_json`` is the body of a JSON request as the one JSON parse,
+    :func:`ovms_graph.json_body.parse_json_object`, returned it (NaN, infinities and duplicate keys
+    refused); calculators read it instead of parsing ``body`` again. ``multipart`` is set instead
+    for multipart/form-data requests.
     """
 
     uri: str

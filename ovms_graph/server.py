@@ -22,7 +22,6 @@ import asyncio
 import hmac
 import json
 import logging
-import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -52,6 +51,7 @@ from ovms_graph.errors import (
     error_body,
     error_kind,
 )
+from ovms_graph.json_body import json_type, parse_json_object
 from ovms_graph.metrics import Metrics
 from ovms_graph.packets import HttpPayload, HttpResponse, MultipartView, ServerSentEvent, UploadedFile
 from ovms_graph.registry import Registry
@@ -397,66 +397,12 @@ def _require_content_type(request: web.Request, expected: str) -> None:
         raise BadRequest(f"{request.path} expects Content-Type: {expected}, got {got}")
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed (numbers must be finite)")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise ValueError(f"number {text} is out of range")
-    return value
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ValueError(f'duplicate key "{key}"')
-        obj[key] = value
-    return obj
-
-
-def parse_json_object(body: bytes) -> dict[str, Any]:
-    """``body`` as a JSON object; 400 for malformed JSON, NaN/Infinity, duplicate keys or non-objects."""
-    if not body.strip():
-        raise BadRequest("request body is empty; expected a JSON object")
-    try:
-        value = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float,
-                           object_pairs_hook=_unique_keys)
-    except json.JSONDecodeError as exc:
-        raise BadRequest(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except UnicodeDecodeError:
-        raise BadRequest("malformed JSON: the body is not valid UTF-8") from None
-    except RecursionError:
-        raise BadRequest("malformed JSON: nested too deeply") from None
-    except ValueError as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise BadRequest(f"JSON body must be an object, got {_json_type(value)}")
-    return value
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
-
-
 def _json_model(parsed: dict[str, Any]) -> str | None:
     model = parsed.get("model")
     if model is None:  # absent, or null as some OpenAI clients send for "not given"
         return None
     if not isinstance(model, str):
-        raise BadRequest(f"model must be a string, got {_json_type(model)}", param="model")
+        raise BadRequest(f"model must be a string, got {json_type(model)}", param="model")
     if not model:
         raise BadRequest("model must not be empty", param="model")
     return model

@@ -41,6 +41,8 @@ from ovms_graph.calculator import RequestContext
 from ovms_graph.errors import Problem
 from ovms_graph.graph import Graph
 from ovms_graph.graph_config import GraphSpec, parse_graph_text
+from ovms_graph.json_body import parse_json_object
+from ovms_graph.packets import HttpPayload
 from ovms_graph.registry import Registry
 from ovms_graph.validation import validate_graph
 
@@ -98,6 +100,16 @@ class CalculatorRunner:
     def run(self, inputs: Mapping[str, Any], request: RequestContext | None = None) -> list[tuple[str, Any]]:
         """``run_async`` on a private event loop, for synchronous tests."""
         return asyncio.run(self.run_async(inputs, request))
+
+    def json_payload(self, body: bytes, *, model: str | None = None,
+                     route: str = "images/generations") -> HttpPayload:
+        """An ``HttpPayload`` for a JSON ``body`` as the front end builds one: ``parsed_json`` comes
+        from the front end's own parser (:func:`~ovms_graph.json_body.parse_json_object`), so a body
+        the server refuses (malformed, NaN or infinities, duplicate keys, not an object) raises the
+        same BadRequest here. ``model`` defaults to the graph's name."""
+        return HttpPayload(uri=f"/v3/{route}", method="POST", headers={"Content-Type": "application/json"},
+                           body=body, route=route, model=model or self.graph_name,
+                           parsed_json=parse_json_object(body))
 
     def close(self) -> None:
         """Release the node's resources. Idempotent."""

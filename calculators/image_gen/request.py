@@ -38,6 +38,7 @@ from calculators.image_gen.pipelines import (
 )
 from calculators.image_gen.sizes import nearest_sizes, size_problem
 from ovms_graph.errors import BadRequest
+from ovms_graph.json_body import parse_json_object
 from ovms_graph.packets import HttpPayload, MultipartView
 
 GENERATIONS = "images/generations"
@@ -350,9 +351,7 @@ def parse_request(payload: HttpPayload, rules: RequestRules) -> ImageRequest:
     if payload.route == GENERATIONS:
         if payload.multipart is not None:
             raise BadRequest("images/generations expects a JSON body (Content-Type: application/json)")
-        body = payload.parsed_json
-        if body is None:
-            body = _load_json(payload.body)
+        body = payload.parsed_json if payload.parsed_json is not None else parse_json_object(payload.body)
         fields = _Fields(_json_raws(body))
         if not fields.has("prompt"):
             raise BadRequest("prompt field is missing in JSON body", param="prompt")
@@ -365,13 +364,6 @@ def parse_request(payload: HttpPayload, rules: RequestRules) -> ImageRequest:
             raise BadRequest("Missing required field: 'prompt'", param="prompt")
         return _build(fields, rules, route=EDITS, form=payload.multipart)
     raise BadRequest(f"Unsupported URI: {payload.uri}")
-
-
-def _load_json(body: bytes) -> object:
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BadRequest("Failed to parse JSON") from None
 
 
 def _build(f: _Fields, rules: RequestRules, *, route: str, form: MultipartView | None) -> ImageRequest:

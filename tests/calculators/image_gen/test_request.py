@@ -567,7 +567,12 @@ def test_raw_json_body_is_parsed_when_the_front_end_did_not() -> None:
                           body=json.dumps({"prompt": "x", "n": 2}).encode(), route=GENERATIONS, model="sd")
     assert parse_request(payload, RULES).num_images == 2
     bad = replace(payload, body=b"{")
-    assert error(lambda: parse_request(bad, RULES)) == ("Failed to parse JSON", None)
+    assert error(lambda: parse_request(bad, RULES)) == (
+        "malformed JSON: Expecting property name enclosed in double quotes at line 1 column 2", None)
+    for body, message in ((b'{"prompt": "x", "n": NaN}', "malformed JSON: NaN is not allowed (numbers must be finite)"),
+                          (b'{"prompt": "x", "prompt": "y"}', 'malformed JSON: duplicate key "prompt"')):
+        assert error(lambda body=body: parse_request(replace(payload, body=body), RULES)) == (message, None), \
+            "the front end's strictness, not a lax json.loads"
 
 
 @pytest.mark.parametrize(("fields", "message", "param"), [
