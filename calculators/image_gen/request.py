@@ -2,18 +2,15 @@
 
 ``images/generations`` takes a JSON object, ``images/edits`` multipart/form-data (``image`` or
 ``image[]``: exactly one file; ``mask`` turns the edit into inpainting). Every field is checked
-for its type before anything else (JSON floats: numbers, never booleans, NaN or infinities; JSON
-integers: integers only; multipart text is parsed with the same strictness), then against the
-model and the node's limits. Everything a pipeline would silently ignore or misread is refused
-here, with a BadRequest naming the field: nothing reaches ``generate`` unchecked.
+for its type before anything else (:mod:`calculators.image_gen.request_fields`), then, stage by
+stage, against the model and the node's limits (the output size in
+:mod:`calculators.image_gen.request_size`). Everything a pipeline would silently ignore or misread
+is refused here, with a BadRequest naming the field: nothing reaches ``generate`` unchecked.
 """
 
 from __future__ import annotations
 
-import enum
-import json
 import math
-import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,7 +33,16 @@ from calculators.image_gen.pipelines import (
     ModelInfo,
     Task,
 )
-from calculators.image_gen.sizes import nearest_sizes, size_problem
+from calculators.image_gen.request_fields import (
+    FIELDS,
+    FILE_FIELDS,
+    TEXT_FIELDS,
+    UNSUPPORTED,
+    Fields,
+    json_raws,
+    multipart_raws,
+)
+from calculators.image_gen.request_size import check_size, default_edit_size, default_size, requested_size
 from ovms_graph.errors import BadRequest
 from ovms_graph.json_body import parse_json_object
 from ovms_graph.packets import HttpPayload, MultipartView
@@ -50,61 +56,8 @@ DRAWN_SEEDS = 2**32
 MAX_END_USER_LENGTH = 256
 MAX_SEQUENCE_LENGTH = 512
 MAX_PARTIAL_IMAGES = 3
-TEXT_FIELDS = ("prompt_2", "prompt_3", "negative_prompt", "negative_prompt_2", "negative_prompt_3")
 NEGATIVE_FIELDS = ("negative_prompt", "negative_prompt_2", "negative_prompt_3")
 
-
-class Kind(enum.Enum):
-    """The JSON type a request field must have."""
-
-    STRING = "a string"
-    INTEGER = "an integer"
-    NUMBER = "a number"
-    BOOLEAN = "a boolean"
-    ANY = "any JSON value"
-
-
-#: Every non-file field a request may carry, with its type (SPEC §5).
-FIELDS: Mapping[str, Kind] = {
-    "model": Kind.STRING,
-    "prompt": Kind.STRING,
-    **{name: Kind.STRING for name in TEXT_FIELDS},
-    "size": Kind.STRING,
-    "width": Kind.INTEGER,
-    "height": Kind.INTEGER,
-    "n": Kind.INTEGER,
-    "num_images_per_prompt": Kind.INTEGER,
-    "num_inference_steps": Kind.INTEGER,
-    "guidance_scale": Kind.NUMBER,
-    "rng_seed": Kind.INTEGER,
-    "strength": Kind.NUMBER,
-    "max_sequence_length": Kind.INTEGER,
-    "response_format": Kind.STRING,
-    "output_format": Kind.STRING,
-    "output_compression": Kind.INTEGER,
-    "stream": Kind.BOOLEAN,
-    "partial_images": Kind.INTEGER,
-    "lora_alphas": Kind.ANY,
-    "user": Kind.STRING,
-    "safety_identifier": Kind.STRING,
-    "quality": Kind.STRING,
-    "background": Kind.STRING,
-    "moderation": Kind.STRING,
-}
-#: File fields of images/edits.
-FILE_FIELDS = ("image", "image[]", "mask")
-
-#: Fields of the OpenAI images API (openai SDK ``image_generate_params`` / ``image_edit_params``)
-#: that these models cannot honour, with the reason a client reads.
-UNSUPPORTED: Mapping[str, str] = {
-    "style": "describe the style in the prompt",
-    "input_fidelity": "image-to-image follows the input as far as strength says; use strength",
-    "complexity": "these models have no planning stage; use quality or num_inference_steps",
-    "frame_count": "this server draws still images (png, jpeg, webp)",
-    "frame_duration_ms": "this server draws still images (png, jpeg, webp)",
-    "svg": "this server draws raster images (png, jpeg, webp)",
-    "markup": "edits take an image and an optional mask",
-}
 
 #: ``quality`` values and the name the response echoes (the openai SDK's ImagesResponse allows
 #: low, medium, high, xhigh and max).
@@ -114,13 +67,6 @@ QUALITY_ECHO: Mapping[str, str] = {
 }
 BACKGROUNDS = ("auto", "opaque")
 MODERATIONS = ("auto", "low")
-
-_INT_TEXT = re.compile(r"^[+-]?[0-9]+$")
-_FLOAT_TEXT = re.compile(r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$")
-_SIZE_RE = re.compile(r"^([0-9]+)x([0-9]+)$")
-#: The largest side a ``size`` may name (image sides are 32-bit integers in OpenVINO GenAI).
-MAX_SIDE = 2**31 - 1
-
 
 @dataclass(frozen=True)
 class RequestRules:
@@ -183,166 +129,6 @@ class ImageRequest:
 
 
 # --------------------------------------------------------------------------------------------------
-# Raw values and strict types
-
-
-@dataclass(frozen=True)
-class _Raw:
-    """A field as received: a JSON value, or the text of a multipart part."""
-
-    name: str
-    value: object
-    from_text: bool
-
-
-def _shown(raw: _Raw) -> str:
-    if raw.from_text:
-        text = str(raw.value)
-        return json.dumps(text if len(text) <= 40 else text[:40] + "...")
-    value = raw.value
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 40 else text[:40] + "..."
-
-
-def _type_error(raw: _Raw, kind: Kind) -> BadRequest:
-    return BadRequest(f"{raw.name} must be {kind.value}, got {_shown(raw)}", param=raw.name)
-
-
-def _as_str(raw: _Raw) -> str:
-    if isinstance(raw.value, str):
-        return raw.value
-    raise _type_error(raw, Kind.STRING)
-
-
-def _as_int(raw: _Raw) -> int:
-    value = raw.value
-    if raw.from_text:
-        text = str(value).strip()
-        if _INT_TEXT.match(text):
-            try:
-                return int(text)
-            except ValueError:  # more digits than Python converts (4300)
-                raise BadRequest(f"{raw.name} is out of range ({len(text)} characters)", param=raw.name) from None
-    elif isinstance(value, int) and not isinstance(value, bool):
-        return value
-    raise _type_error(raw, Kind.INTEGER)
-
-
-def _as_float(raw: _Raw) -> float:
-    value = raw.value
-    if raw.from_text:
-        text = str(value).strip()
-        if _FLOAT_TEXT.match(text):
-            number = float(text)
-            if math.isfinite(number):
-                return number
-        raise _type_error(raw, Kind.NUMBER)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
-        if math.isfinite(number):
-            return number
-        raise BadRequest(f"{raw.name} must be a finite number, got {_shown(raw)}", param=raw.name)
-    raise _type_error(raw, Kind.NUMBER)
-
-
-def _as_bool(raw: _Raw) -> bool:
-    value = raw.value
-    if raw.from_text:
-        text = str(value).strip().lower()
-        if text in ("true", "false"):
-            return text == "true"
-    elif isinstance(value, bool):
-        return value
-    raise _type_error(raw, Kind.BOOLEAN)
-
-
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _as_json(raw: _Raw) -> object:
-    if not raw.from_text:
-        return raw.value
-    try:
-        return json.loads(str(raw.value), parse_constant=_reject_constant)
-    except ValueError:
-        raise BadRequest(f"{raw.name} must be a JSON object, got {_shown(raw)}", param=raw.name) from None
-
-
-_CONVERTERS = {Kind.STRING: _as_str, Kind.INTEGER: _as_int, Kind.NUMBER: _as_float, Kind.BOOLEAN: _as_bool,
-               Kind.ANY: _as_json}
-
-
-class _Fields:
-    """The typed values of a request's fields; every present field is type-checked up front."""
-
-    def __init__(self, raws: list[_Raw]) -> None:
-        self.values: dict[str, object] = {}
-        for raw in raws:
-            self.values[raw.name] = _CONVERTERS[FIELDS[raw.name]](raw)
-
-    def has(self, name: str) -> bool:
-        return name in self.values
-
-    def get_str(self, name: str) -> str | None:
-        value = self.values.get(name)
-        return value if isinstance(value, str) else None
-
-    def get_int(self, name: str) -> int | None:
-        value = self.values.get(name)
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-    def get_float(self, name: str) -> float | None:
-        value = self.values.get(name)
-        return value if isinstance(value, float) else None
-
-    def get_bool(self, name: str) -> bool | None:
-        value = self.values.get(name)
-        return value if isinstance(value, bool) else None
-
-
-def _json_raws(body: object) -> list[_Raw]:
-    if not isinstance(body, dict):
-        raise BadRequest("JSON body must be an object")
-    raws: list[_Raw] = []
-    for name, value in body.items():
-        _check_known(name)
-        if value is None and name != "prompt":
-            continue  # OpenAI clients send null for "not given"
-        raws.append(_Raw(name, value, from_text=False))
-    return raws
-
-
-def _check_known(name: str) -> None:
-    if name in UNSUPPORTED:
-        raise BadRequest(f"{name} is not supported by this server: {UNSUPPORTED[name]}", param=name)
-    if name not in FIELDS:
-        raise BadRequest(f"Unhandled parameter: {name}", param=name)
-
-
-def _multipart_raws(form: MultipartView) -> list[_Raw]:
-    raws: list[_Raw] = []
-    for name in form.field_names():
-        if name not in FILE_FIELDS:
-            _check_known(name)
-    for name, values in form.fields.items():
-        if name in FILE_FIELDS:
-            raise BadRequest(f"{name} must be a file upload, not a text field", param=name)
-        if len(values) != 1:
-            raise BadRequest(f"{name} is given {len(values)} times; give it once", param=name)
-        raws.append(_Raw(name, values[0], from_text=True))
-    for name in form.files:
-        if name not in FILE_FIELDS:
-            raise BadRequest(f"{name} must be a text field, not a file upload", param=name)
-    return raws
-
-
-# --------------------------------------------------------------------------------------------------
 # The request
 
 
@@ -352,21 +138,21 @@ def parse_request(payload: HttpPayload, rules: RequestRules) -> ImageRequest:
         if payload.multipart is not None:
             raise BadRequest("images/generations expects a JSON body (Content-Type: application/json)")
         body = payload.parsed_json if payload.parsed_json is not None else parse_json_object(payload.body)
-        fields = _Fields(_json_raws(body))
+        fields = Fields(json_raws(body))
         if not fields.has("prompt"):
             raise BadRequest("prompt field is missing in JSON body", param="prompt")
         return _build(fields, rules, route=GENERATIONS, form=None)
     if payload.route == EDITS:
         if payload.multipart is None:
             raise BadRequest("images/edits expects a multipart/form-data body with the image file")
-        fields = _Fields(_multipart_raws(payload.multipart))
+        fields = Fields(multipart_raws(payload.multipart))
         if not fields.has("prompt"):
             raise BadRequest("Missing required field: 'prompt'", param="prompt")
         return _build(fields, rules, route=EDITS, form=payload.multipart)
     raise BadRequest(f"Unsupported URI: {payload.uri}")
 
 
-def _build(f: _Fields, rules: RequestRules, *, route: str, form: MultipartView | None) -> ImageRequest:
+def _build(f: Fields, rules: RequestRules, *, route: str, form: MultipartView | None) -> ImageRequest:
     """The request ``f`` describes, checked stage by stage; each stage raises the first problem it
     finds, so a request with several problems is refused for the one of the earliest stage."""
     prompt = f.get_str("prompt")
@@ -395,7 +181,7 @@ def _build(f: _Fields, rules: RequestRules, *, route: str, form: MultipartView |
     )
 
 
-def _check_usable(f: _Fields, info: ModelInfo, route: str) -> None:
+def _check_usable(f: Fields, info: ModelInfo, route: str) -> None:
     """Fields the model or the route cannot use."""
     for name in TEXT_FIELDS:
         if f.has(name) and name not in info.text_fields:
@@ -408,7 +194,7 @@ def _check_usable(f: _Fields, info: ModelInfo, route: str) -> None:
         raise BadRequest("strength is only supported by images/edits", param="strength")
 
 
-def _output(f: _Fields) -> tuple[str, int | None]:
+def _output(f: Fields) -> tuple[str, int | None]:
     """``(output_format, output_compression)``; ``response_format`` must be b64_json."""
     response_format = f.get_str("response_format")
     if response_format is not None and response_format != "b64_json":
@@ -429,7 +215,7 @@ def _output(f: _Fields) -> tuple[str, int | None]:
     return output_format, compression
 
 
-def _streaming(f: _Fields) -> tuple[bool, int]:
+def _streaming(f: Fields) -> tuple[bool, int]:
     """``(stream, partial_images)``."""
     stream = bool(f.get_bool("stream"))
     partial_images = f.get_int("partial_images") or 0
@@ -442,7 +228,7 @@ def _streaming(f: _Fields) -> tuple[bool, int]:
     return stream, partial_images
 
 
-def _quality(f: _Fields) -> str | None:
+def _quality(f: Fields) -> str | None:
     """The requested ``quality`` (None when absent), after ``background`` and ``moderation`` are checked."""
     quality = f.get_str("quality")
     if quality is not None and quality not in QUALITY_ECHO:
@@ -467,7 +253,7 @@ class _ImageCount:
     value: int
 
 
-def _num_images(f: _Fields, settings: NodeSettings, stream: bool) -> _ImageCount:
+def _num_images(f: Fields, settings: NodeSettings, stream: bool) -> _ImageCount:
     if f.has("n") and f.has("num_images_per_prompt"):
         raise BadRequest("n and num_images_per_prompt are mutually exclusive; set only one", param="n")
     n_name = "n" if f.has("n") else "num_images_per_prompt"
@@ -492,7 +278,7 @@ def _check_num_images(n_name: str, num_images: int, settings: NodeSettings) -> N
                          f"{settings.static_num_images_per_prompt or 1} image(s) per prompt", param=n_name)
 
 
-def _steps(f: _Fields, quality: str | None, rules: RequestRules) -> int:
+def _steps(f: Fields, quality: str | None, rules: RequestRules) -> int:
     settings, info = rules.settings, rules.info
     steps = f.get_int("num_inference_steps")
     if steps is None:
@@ -508,7 +294,7 @@ def _steps(f: _Fields, quality: str | None, rules: RequestRules) -> int:
     return steps
 
 
-def _guidance(f: _Fields, rules: RequestRules) -> float | None:
+def _guidance(f: Fields, rules: RequestRules) -> float | None:
     """The ``guidance_scale`` to pass (None: the model's default), checked against a reshaped
     model, a family that fixes guidance at the first generate, and negative prompts."""
     guidance = f.get_float("guidance_scale")
@@ -543,7 +329,7 @@ def _check_guidance_switch(effective: float, rules: RequestRules) -> None:
                          "pipeline's first generate", param="guidance_scale")
 
 
-def _seed(f: _Fields, settings: NodeSettings) -> int:
+def _seed(f: Fields, settings: NodeSettings) -> int:
     seed = f.get_int("rng_seed")
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise BadRequest(f"rng_seed must be between 0 and {MAX_SEED}, got {seed}", param="rng_seed")
@@ -552,7 +338,7 @@ def _seed(f: _Fields, settings: NodeSettings) -> int:
     return seed
 
 
-def _strength(f: _Fields) -> float | None:
+def _strength(f: Fields) -> float | None:
     strength = f.get_float("strength")
     if strength is not None:
         if strength > 1.0:
@@ -562,7 +348,7 @@ def _strength(f: _Fields) -> float | None:
     return strength
 
 
-def _max_sequence_length(f: _Fields, rules: RequestRules) -> int | None:
+def _max_sequence_length(f: Fields, rules: RequestRules) -> int | None:
     max_len = f.get_int("max_sequence_length")
     if max_len is not None and not 1 <= max_len <= MAX_SEQUENCE_LENGTH:
         raise BadRequest(f"max_sequence_length must be between 1 and {MAX_SEQUENCE_LENGTH}, got {max_len}",
@@ -594,12 +380,12 @@ class _Inputs:
     mask: np.ndarray | None = None
 
 
-def _inputs(f: _Fields, rules: RequestRules, form: MultipartView | None, limits: _EditLimits) -> _Inputs:
+def _inputs(f: Fields, rules: RequestRules, form: MultipartView | None, limits: _EditLimits) -> _Inputs:
     """Task, input images and output size: text-to-image without a form, else an edit of its image."""
-    requested = _requested_size(f)
+    requested = requested_size(f)
     if form is None:
         _check_task(Task.TEXT2IMAGE, rules)
-        return _Inputs(Task.TEXT2IMAGE, _check_size(requested, _default_size(rules), rules))
+        return _Inputs(Task.TEXT2IMAGE, check_size(requested, default_size(rules), rules))
     images = [*form.files.get("image", ()), *form.files.get("image[]", ())]
     if not images:
         raise BadRequest("Missing required field: 'image'", param="image")
@@ -613,7 +399,7 @@ def _inputs(f: _Fields, rules: RequestRules, form: MultipartView | None, limits:
     _check_edit(task, rules, limits)
     settings = rules.settings
     source = decode_image(images[0].data, "image", settings.max_resolution)
-    target = _check_size(requested, _default_edit_size(source.resolution, rules), rules)
+    target = check_size(requested, default_edit_size(source.resolution, rules), rules)
     image = image_tensor_array(resized(source.image, target))
     if not masks:
         return _Inputs(task, target, image)
@@ -662,7 +448,7 @@ def _check_lcm_steps(steps: int, strength: float | None, task: Task, rules: Requ
                          param="strength" if strength is not None else "num_inference_steps")
 
 
-def _end_user(f: _Fields) -> str | None:
+def _end_user(f: Fields) -> str | None:
     """The end user a request names: a non-empty ``safety_identifier``, else a non-empty ``user``
     (OpenAI's precedence)."""
     for name in ("safety_identifier", "user"):
@@ -706,97 +492,5 @@ def _check_task(task: Task, rules: RequestRules) -> None:
     raise BadRequest(f"{_TASK_MESSAGES[task]} is not supported by this model", param=param)
 
 
-@dataclass(frozen=True)
-class _SizeRequest:
-    """What the request says about the output size; a missing side comes from the default."""
-
-    width: int | None
-    height: int | None
-    param: str  # the field to blame: size, width or height
-
-
-def _requested_size(f: _Fields) -> _SizeRequest:
-    size = f.get_str("size")
-    if size is not None and (f.has("width") or f.has("height")):
-        raise BadRequest("size and width/height are mutually exclusive; set only one", param="size")
-    if size is not None:
-        if size == "auto":
-            return _SizeRequest(None, None, "size")
-        match = _SIZE_RE.match(size)
-        if match is None:
-            raise BadRequest("size field is not in correct format - WxH", param="size")
-        if any(len(text.lstrip("0")) > len(str(MAX_SIDE)) or int(text) > MAX_SIDE for text in match.groups()):
-            raise BadRequest(f"size field values are too large: each must be at most {MAX_SIDE}", param="size")
-        width, height = int(match.group(1)), int(match.group(2))
-        if width <= 0 or height <= 0:
-            raise BadRequest("size field values must be greater than 0", param="size")
-        return _SizeRequest(width, height, "size")
-    given_w, given_h = f.get_int("width"), f.get_int("height")
-    for name, value in (("width", given_w), ("height", given_h)):
-        if value is not None and value <= 0:
-            raise BadRequest(f"{name} must be higher than 0", param=name)
-    return _SizeRequest(given_w, given_h, "width" if given_w is not None else "height")
-
-
-def _default_size(rules: RequestRules) -> Resolution:
-    settings = rules.settings
-    if settings.default_resolution is not None:
-        return settings.default_resolution
-    if settings.static_resolutions:
-        return settings.static_resolutions[0]
-    return rules.defaults.resolution
-
-
-def _default_edit_size(source: Resolution, rules: RequestRules) -> Resolution:
-    """The input image's size rounded down to the size multiple; on a static node the compiled
-    resolution unless the rounded size is one of the static ones."""
-    multiple = rules.info.size_multiple
-    rounded = Resolution(source.width - source.width % multiple, source.height - source.height % multiple)
-    if rounded.width == 0 or rounded.height == 0:
-        raise BadRequest(f"image is {source}; it must be at least {multiple}x{multiple} pixels", param="image")
-    static = rules.settings.static_resolutions
-    if static and rounded not in static:
-        return rules.settings.default_resolution or static[0]
-    return rounded
-
-
-def _check_size(requested: _SizeRequest, default: Resolution, rules: RequestRules) -> Resolution:
-    """The output size: the request's, completed from ``default``, checked against the node."""
-    size = Resolution(requested.width if requested.width is not None else default.width,
-                      requested.height if requested.height is not None else default.height)
-    for side, value in (("width", size.width), ("height", size.height)):
-        problem = size_problem(side, value, rules.info.size_multiple)
-        if problem is not None:
-            raise BadRequest(problem + _nearest_hint(size, rules), param=side if requested.param != "size" else "size")
-    explicit = requested.width is not None or requested.height is not None
-    _check_size_limits(size, rules, requested.param if explicit else None)
-    return size
-
-
-def _nearest_hint(size: Resolution, rules: RequestRules) -> str:
-    """``"; nearest sizes that work: ..."`` for a size off the multiple (empty when none)."""
-    settings, multiple = rules.settings, rules.info.size_multiple
-    limit = None if settings.static_resolutions else settings.max_resolution
-    near = [r for r in nearest_sizes(size, multiple, limit)
-            if not settings.static_resolutions or r in settings.static_resolutions]
-    if settings.static_resolutions and not near:
-        near = list(settings.static_resolutions)
-    return f"; nearest sizes that work: {', '.join(str(r) for r in near)}" if near else ""
-
-
-def _check_size_limits(size: Resolution, rules: RequestRules, param: str | None) -> None:
-    """``size`` against the static resolutions or max_resolution, and the model's largest side."""
-    settings = rules.settings
-    if settings.static_resolutions:
-        if size not in settings.static_resolutions:
-            listed = " ".join(str(r) for r in settings.static_resolutions)
-            raise BadRequest(f"requested resolution {size} is not supported by static reshape settings "
-                             f"({listed})", param=param)
-    elif not size.fits_in(settings.max_resolution):
-        raise BadRequest(f"requested resolution {size} exceeds max_resolution {settings.max_resolution}",
-                         param=param)
-    most = rules.info.max_side
-    if most is not None and max(size.width, size.height) > most:
-        raise BadRequest(f"requested resolution {size} is larger than this {rules.info.family.value} model can "
-                         f"generate: at most {most} pixels per side (its transformer's pos_embed_max_size)",
-                         param=param)
+__all__ = ["EDITS", "FIELDS", "FILE_FIELDS", "GENERATIONS", "TEXT_FIELDS", "UNSUPPORTED", "ImageRequest",
+           "RequestRules", "parse_request"]
