@@ -157,6 +157,7 @@ def main() -> int:
     verdict = "PASS" if ratio >= 0.9 else "FAIL"
     print(f"\nalternating adapters / no LoRA: throughput {ratio:.3f}, CPU cost {cpu_ratio:.3f} "
           f"(target >= 0.90): {verdict}")
+    print(f"lora_throughput_ratio={ratio:.3f} lora_cpu_ratio={cpu_ratio:.3f}")
     return 0 if ratio >= 0.9 else 2
 
 
