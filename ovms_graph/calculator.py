@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from google.protobuf.message import Message
 
@@ -150,6 +150,36 @@ class CalculatorContext:
     def emit(self, tag: str, value: Any) -> None:
         """Send ``value`` on the output stream with tag ``tag`` (``TAG`` or ``TAG:index``)."""
         self._emit(tag, value)
+
+
+@runtime_checkable
+class Closable(Protocol):
+    """Resources with something to release: ``close()`` runs once at shutdown, after running requests
+    drained (and when a later node of the graph fails to load)."""
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class ConcurrencyLimited(Protocol):
+    """Resources that cap how many requests their node runs at once (None or not positive: no cap)."""
+
+    @property
+    def concurrency(self) -> int | None: ...
+
+
+@runtime_checkable
+class MemoryEstimated(Protocol):
+    """Resources that know the resident bytes they hold (None: unknown), published as a metric."""
+
+    @property
+    def memory_estimate(self) -> int | None: ...
+
+
+class Resources(Closable, ConcurrencyLimited, MemoryEstimated, Protocol):
+    """What the runtime reads from the value ``create_resources`` returns. A value may implement any
+    part (:class:`Closable`, :class:`ConcurrencyLimited`, :class:`MemoryEstimated`); the runtime uses
+    each part the value has and hands the value to the nodes as it is."""
 
 
 class Calculator:

@@ -25,7 +25,16 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from ovms_graph.calculator import Alias, Calculator, CalculatorContext, LoadContext, RequestContext
+from ovms_graph.calculator import (
+    Alias,
+    Calculator,
+    CalculatorContext,
+    Closable,
+    ConcurrencyLimited,
+    LoadContext,
+    MemoryEstimated,
+    RequestContext,
+)
 from ovms_graph.errors import ConfigError, GenerationError, Problem, RequestCancelled, RequestError
 from ovms_graph.graph_config import GraphSpec, NodeSpec, parse_graph
 from ovms_graph.registry import Registry
@@ -68,11 +77,11 @@ class Graph:
         self.resources = resources
         self.input_streams = {ref.key: ref.name for ref in spec.input_streams}
         self.output_streams = {ref.name: ref.key for ref in spec.output_streams}
-        limits = [getattr(r, "concurrency", None) for r in resources.values()]
+        limits = [r.concurrency for r in resources.values() if isinstance(r, ConcurrencyLimited)]
         ints = [c for c in limits if isinstance(c, int) and c > 0]
         #: How many requests the graph can run at once (None: no calculator limits it).
         self.concurrency: int | None = min(ints) if ints else None
-        estimates = [getattr(r, "memory_estimate", None) for r in resources.values()]
+        estimates = [r.memory_estimate for r in resources.values() if isinstance(r, MemoryEstimated)]
         known = [e for e in estimates if isinstance(e, int)]
         #: Resident bytes the calculators expect their resources to hold (None: none said).
         self.memory_estimate: int | None = sum(known) if known else None
@@ -329,10 +338,9 @@ def _typed(exc: BaseException, request: RequestContext) -> RequestError:
 
 
 def _close_quietly(value: Any) -> None:
-    fn = getattr(value, "close", None)
-    if callable(fn):
+    if isinstance(value, Closable) and callable(value.close):
         try:
-            fn()
+            value.close()
         except Exception:
             log.exception("closing resources failed")
 

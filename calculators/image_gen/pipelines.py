@@ -242,8 +242,9 @@ class PipelinePool:
 class ImageGenResources:
     """The IMAGE_GEN_NODE_RESOURCES side packet: everything a request of this node needs.
 
-    ``concurrency`` (the number of pipeline sets) tells the runtime how many requests the node can
-    run at once; ``close()`` releases the pipelines at shutdown.
+    It is an :class:`ovms_graph.calculator.Resources`: ``concurrency`` (the number of pipeline sets)
+    tells the runtime how many requests the node can run at once, ``memory_estimate`` what the sets
+    hold, and ``close()`` releases the pipelines at shutdown.
     """
 
     node: str

@@ -20,7 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from ovms_graph.calculator import Calculator, CalculatorContext, LoadContext, RequestContext
+from ovms_graph.calculator import (
+    Calculator,
+    CalculatorContext,
+    Closable,
+    ConcurrencyLimited,
+    LoadContext,
+    MemoryEstimated,
+    RequestContext,
+)
 from ovms_graph.commands import CliExtension
 from tests.examples.conftest import REPO
 
@@ -85,7 +93,8 @@ def _instance_members() -> dict[str, object]:
     }
 
 
-@pytest.mark.parametrize("owner", [Calculator, CalculatorContext, RequestContext, LoadContext, CliExtension],
+@pytest.mark.parametrize("owner", [Calculator, CalculatorContext, RequestContext, LoadContext, Closable,
+                                   ConcurrencyLimited, MemoryEstimated, CliExtension],
                          ids=lambda owner: owner.__name__)
 def test_every_public_member_of_the_contract_is_named(owner: type) -> None:
     members = set(vars(owner)) | set(vars(_instance_members().get(owner.__name__, owner)))
