@@ -40,22 +40,27 @@ def requested_size(f: Fields) -> SizeRequest:
     if size is not None and (f.has("width") or f.has("height")):
         raise BadRequest("size and width/height are mutually exclusive; set only one", param="size")
     if size is not None:
-        if size == "auto":
-            return SizeRequest(None, None, "size")
-        match = _SIZE_RE.match(size)
-        if match is None:
-            raise BadRequest("size field is not in correct format - WxH", param="size")
-        if any(len(text.lstrip("0")) > len(str(MAX_SIDE)) or int(text) > MAX_SIDE for text in match.groups()):
-            raise BadRequest(f"size field values are too large: each must be at most {MAX_SIDE}", param="size")
-        width, height = int(match.group(1)), int(match.group(2))
-        if width <= 0 or height <= 0:
-            raise BadRequest("size field values must be greater than 0", param="size")
-        return SizeRequest(width, height, "size")
+        return _parse_size(size)
     given_w, given_h = f.get_int("width"), f.get_int("height")
     for name, value in (("width", given_w), ("height", given_h)):
         if value is not None and value <= 0:
             raise BadRequest(f"{name} must be higher than 0", param=name)
     return SizeRequest(given_w, given_h, "width" if given_w is not None else "height")
+
+
+def _parse_size(size: str) -> SizeRequest:
+    """``size`` ("auto" or "WxH" with positive sides that fit 32 bits); BadRequest naming ``size``."""
+    if size == "auto":
+        return SizeRequest(None, None, "size")
+    match = _SIZE_RE.match(size)
+    if match is None:
+        raise BadRequest("size field is not in correct format - WxH", param="size")
+    if any(len(text.lstrip("0")) > len(str(MAX_SIDE)) or int(text) > MAX_SIDE for text in match.groups()):
+        raise BadRequest(f"size field values are too large: each must be at most {MAX_SIDE}", param="size")
+    width, height = int(match.group(1)), int(match.group(2))
+    if width <= 0 or height <= 0:
+        raise BadRequest("size field values must be greater than 0", param="size")
+    return SizeRequest(width, height, "size")
 
 
 def default_size(rules: RequestRules) -> Resolution:

@@ -42,6 +42,14 @@ def diffusers_layer_name(key: str) -> str:
         name = re.sub(pattern, repl, name)
     if "emb" in name and "time.emb.proj" not in name:
         name = re.sub(r"\.\d+(?=\D*$)", "", name)
+    name = _resnet_names(name)
+    for pattern, repl in ((r"lora.unet", "lora_unet"), (r"lora.te", "lora_te"), (r"base.model", "base_model")):
+        name = re.sub(pattern, repl, name)
+    return name
+
+
+def _resnet_names(name: str) -> str:
+    """The ResNet and sampler layer renames of ``diffusers_normalization`` (dotted names)."""
     if ".in." in name:
         name = re.sub(r"in\.layers\.2", "conv1", name)
     if ".out." in name:
@@ -50,8 +58,6 @@ def diffusers_layer_name(key: str) -> str:
         name = re.sub("op", "conv", name)
     if "skip" in name:
         name = re.sub(r"skip\.connection", "conv_shortcut", name)
-    for pattern, repl in ((r"lora.unet", "lora_unet"), (r"lora.te", "lora_te"), (r"base.model", "base_model")):
-        name = re.sub(pattern, repl, name)
     return name
 
 

@@ -82,6 +82,21 @@ def read_lora_file(path: Path) -> tuple[str | None, set[str]]:
     problem, header, _ = read_header(path)
     if problem is not None:
         return problem, set()
+    problem, parts = _layer_parts(header)
+    if problem is not None:
+        return problem, set()
+    if not parts:
+        return f"{path} contains no LoRA tensors (expected names like lora_unet_..._to_q.lora_down.weight)", set()
+    for layer, kinds in sorted(parts.items()):
+        if not {"down", "up"} <= kinds:
+            missing = "up" if "down" in kinds else "down"
+            return f"LoRA layer {layer} has no {missing} weight", set()
+    return None, set(parts)
+
+
+def _layer_parts(header: dict[str, Any]) -> tuple[str | None, dict[str, set[str]]]:
+    """``(problem, layer -> parts)`` of a header's LoRA tensors; the problem names the first tensor
+    whose dtype OpenVINO GenAI cannot read."""
     parts: dict[str, set[str]] = {}
     for name, info in header.items():
         if name == "__metadata__" or not isinstance(info, dict):
@@ -91,12 +106,6 @@ def read_lora_file(path: Path) -> tuple[str | None, set[str]]:
             continue
         dtype = info.get("dtype")
         if dtype not in SAFETENSORS_DTYPES:
-            return f"tensor {name} has dtype {dtype}; OpenVINO GenAI reads only F32, F16 and BF16 LoRA tensors", set()
+            return f"tensor {name} has dtype {dtype}; OpenVINO GenAI reads only F32, F16 and BF16 LoRA tensors", {}
         parts.setdefault(grouped[0], set()).add(grouped[1])
-    if not parts:
-        return f"{path} contains no LoRA tensors (expected names like lora_unet_..._to_q.lora_down.weight)", set()
-    for layer, kinds in sorted(parts.items()):
-        if not {"down", "up"} <= kinds:
-            missing = "up" if "down" in kinds else "down"
-            return f"LoRA layer {layer} has no {missing} weight", set()
-    return None, set(parts)
+    return None, parts
