@@ -41,6 +41,7 @@ from calculators.image_gen.model_info import (
     read_model_info,
 )
 from calculators.image_gen.options import NodeSettings, Resolution
+from calculators.image_gen.warmup import warm_up
 from ovms_graph.errors import RequestCancelled, ServiceUnavailable
 
 log = logging.getLogger("calculators.image_gen")
@@ -320,6 +321,7 @@ def build_resources(node: str, settings: NodeSettings, info: ModelInfo, lora: Lo
         all_sets.append(more)
     refused = {t: r for t, r in builder.refused.items() if t not in tasks}
     defaults = model_defaults(first)
+    warm_up(node, all_sets, settings, info, lora)
     if info.family in MODEL_DEFAULT_STEPS and not settings.default_steps_given:
         steps = min(defaults.num_inference_steps, settings.max_num_inference_steps)
         settings = dataclasses.replace(settings, default_num_inference_steps=steps)
