@@ -76,7 +76,7 @@ def hf_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def hub(hf_env: Path, diffusers_model: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
-    from tests.pull.fake_hub import FakeHub, files_from_dir
+    from tests.calculators.image_gen.pull.fake_hub import FakeHub, files_from_dir
 
     fake = FakeHub()
     fake.add_repo("tiny/sd15-diffusers", files_from_dir(diffusers_model))

@@ -9,7 +9,7 @@ import pytest
 
 from calculators.image_gen.cli import PullOptions
 from calculators.image_gen.pull import convert_model, pull_model, run_pull
-from tests.pull.fake_hub import FakeHub
+from tests.calculators.image_gen.pull.fake_hub import FakeHub
 
 
 def test_a_diffusers_repository_is_converted_and_generates(hub: FakeHub, tmp_path: Path,

@@ -13,9 +13,9 @@ import pytest
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 from calculators.image_gen.cli import PullOptions
-from tests.pull.fake_hub import FakeHub, FileServer, files_from_dir
+from tests.calculators.image_gen.pull.fake_hub import FakeHub, FileServer, files_from_dir
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[4]
 # The project's tiny models (tools/build_tiny_models.py, `make fixtures`).
 TINY = Path(os.environ.get("OVMS_GRAPH_TINY_MODELS", REPO_ROOT / "models" / "tiny"))
 

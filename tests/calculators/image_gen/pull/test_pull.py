@@ -23,10 +23,10 @@ from calculators.image_gen.pull import (
 from ovms_graph.graph import load_spec
 from ovms_graph.registry import Registry
 from ovms_graph.validation import validate_graph
-from tests.pull.conftest import LORA_REPO, LORAS_REPO, SD15_REPO, pull_options, tiny
-from tests.pull.fake_hub import FakeHub, FileServer, files_from_dir
+from tests.calculators.image_gen.pull.conftest import LORA_REPO, LORAS_REPO, SD15_REPO, pull_options, tiny
+from tests.calculators.image_gen.pull.fake_hub import FakeHub, FileServer, files_from_dir
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[4]
 
 
 def tree(root: Path) -> dict[str, bytes]:

@@ -20,7 +20,7 @@ from calculators.protos.image_gen_calculator_pb2 import ImageGenCalculatorOption
 from ovms_graph.graph_config import parse_graph_text
 from ovms_graph.registry import Registry
 from ovms_graph.validation import validate_graph
-from tests.pull.conftest import tiny
+from tests.calculators.image_gen.pull.conftest import tiny
 
 HEAD = '''input_stream: "HTTP_REQUEST_PAYLOAD:input"
 output_stream: "HTTP_RESPONSE_PAYLOAD:output"

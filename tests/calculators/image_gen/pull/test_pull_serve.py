@@ -13,10 +13,10 @@ import requests
 from PIL import Image
 
 from ovms_graph.testing import serving
-from tests.pull.conftest import LORA_REPO, SD15_REPO
-from tests.pull.fake_hub import FakeHub, FileServer
+from tests.calculators.image_gen.pull.conftest import LORA_REPO, SD15_REPO
+from tests.calculators.image_gen.pull.fake_hub import FakeHub, FileServer
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[4]
 STARTUP_LIMIT = 180.0  # a safety net against hanging forever, not a performance assertion
 
 
