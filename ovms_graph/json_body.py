@@ -35,13 +35,18 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+def loads_strict(text: str | bytes) -> Any:
+    """``text`` parsed as JSON with the request rules (no NaN or Infinity, floats in range, no
+    duplicate keys); raises ValueError (json.JSONDecodeError for malformed text)."""
+    return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys)
+
+
 def parse_json_object(body: bytes) -> dict[str, Any]:
     """``body`` as a JSON object; 400 for malformed JSON, NaN/Infinity, duplicate keys or non-objects."""
     if not body.strip():
         raise BadRequest("request body is empty; expected a JSON object")
     try:
-        value = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float,
-                           object_pairs_hook=_unique_keys)
+        value = loads_strict(body)
     except json.JSONDecodeError as exc:
         raise BadRequest(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except UnicodeDecodeError:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ovms_graph.errors import BadRequest
+from ovms_graph.json_body import loads_strict
 from ovms_graph.packets import MultipartView
 
 TEXT_FIELDS = ("prompt_2", "prompt_3", "negative_prompt", "negative_prompt_2", "negative_prompt_3")
@@ -151,16 +152,12 @@ def _as_bool(raw: RawField) -> bool:
     raise _type_error(raw, Kind.BOOLEAN)
 
 
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def _as_json(raw: RawField) -> object:
     if not raw.from_text:
         return raw.value
     try:
-        return json.loads(str(raw.value), parse_constant=_reject_constant)
-    except ValueError:
+        return loads_strict(str(raw.value))
+    except (ValueError, RecursionError):
         raise BadRequest(f"{raw.name} must be a JSON object, got {_shown(raw)}", param=raw.name) from None
 
 

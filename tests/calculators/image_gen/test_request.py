@@ -412,6 +412,8 @@ EDIT_ERRORS: list[tuple[str, dict[str, Any], dict[str, list[bytes]] | None, Requ
      'lora_alphas must be a JSON object, got "{a: 1}"', "lora_alphas"),
     ("lora_alphas with NaN", {**P, "lora_alphas": '{"a": NaN}'}, None, RULES,
      'lora_alphas must be a JSON object, got "{\\"a\\": NaN}"', "lora_alphas"),
+    ("lora_alphas with a duplicate key", {**P, "lora_alphas": '{"a": 1, "a": 2}'}, None, RULES,
+     'lora_alphas must be a JSON object, got "{\\"a\\": 1, \\"a\\": 2}"', "lora_alphas"),
     ("not an image", P, {"image": [b"%PDF-1.4 hello"]}, RULES,
      "Image parsing failed: image is not an image Pillow can read (PNG, JPEG, WEBP, ...)", "image"),
     ("corrupt image", P, {"image": [b"\x89PNG\r\n\x1a\n garbage"]}, RULES,
