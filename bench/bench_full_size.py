@@ -37,27 +37,12 @@ from pathlib import Path
 
 import requests
 
+from calculators.image_gen.graph_writer import graph_text
+from calculators.protos.image_gen_calculator_pb2 import ImageGenCalculatorOptions
 from ovms_graph.testing import ServerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "build" / "bench-models" / "sd15"
-GRAPH = """input_stream: "HTTP_REQUEST_PAYLOAD:input"
-output_stream: "HTTP_RESPONSE_PAYLOAD:output"
-node: {{
-  name: "ImageGenExecutor"
-  calculator: "ImageGenCalculator"
-  input_stream: "HTTP_REQUEST_PAYLOAD:input"
-  input_side_packet: "IMAGE_GEN_NODE_RESOURCES:pipes"
-  output_stream: "HTTP_RESPONSE_PAYLOAD:output"
-  node_options: {{
-    [type.googleapis.com / mediapipe.ImageGenCalculatorOptions]: {{
-      models_path: "{models}"
-      plugin_config: '{{"NUM_STREAMS": {streams}}}'
-      max_num_inference_steps: 100
-    }}
-  }}
-}}
-"""
 PROMPT = "a photo of a cat"
 
 
@@ -95,7 +80,8 @@ def serve(model: Path, streams: int, cache_dir: Path | None = None) -> Iterator[
     with tempfile.TemporaryDirectory(prefix="bench-full-size-") as tmp:
         folder = Path(tmp) / "sd"
         folder.mkdir()
-        (folder / "graph.pbtxt").write_text(GRAPH.format(models=model, streams=streams))
+        (folder / "graph.pbtxt").write_text(graph_text(ImageGenCalculatorOptions(
+            models_path=str(model), plugin_config=json.dumps({"NUM_STREAMS": streams}), max_num_inference_steps=100)))
         config = Path(tmp) / "config.json"
         config.write_text(json.dumps({"model_config_list": [{"config": {"name": "sd", "base_path": "sd"}}]}))
         args = ["--config_path", str(config), "--rest_port", "0"]

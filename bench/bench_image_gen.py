@@ -38,26 +38,12 @@ from pathlib import Path
 
 import requests
 
+from calculators.image_gen.graph_writer import graph_text
+from calculators.protos.image_gen_calculator_pb2 import ImageGenCalculatorOptions
 from ovms_graph.testing import serving
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SD15 = REPO / "models" / "tiny" / "sd15"
-GRAPH = """input_stream: "HTTP_REQUEST_PAYLOAD:input"
-output_stream: "HTTP_RESPONSE_PAYLOAD:output"
-node: {{
-  name: "ImageGenExecutor"
-  calculator: "ImageGenCalculator"
-  input_stream: "HTTP_REQUEST_PAYLOAD:input"
-  input_side_packet: "IMAGE_GEN_NODE_RESOURCES:pipes"
-  output_stream: "HTTP_RESPONSE_PAYLOAD:output"
-  node_options: {{
-    [type.googleapis.com / mediapipe.ImageGenCalculatorOptions]: {{
-      models_path: "{models}"
-      plugin_config: '{{"NUM_STREAMS": {streams}}}'
-    }}
-  }}
-}}
-"""
 PROMPT = "a red circle on a white background"
 LATENCY_CASES = ((64, 2), (256, 4))
 _sessions = threading.local()
@@ -69,7 +55,8 @@ def serve(model: Path, streams: int) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="bench-image-gen-") as tmp:
         folder = Path(tmp) / "sd"
         folder.mkdir()
-        (folder / "graph.pbtxt").write_text(GRAPH.format(models=model, streams=streams))
+        (folder / "graph.pbtxt").write_text(graph_text(ImageGenCalculatorOptions(
+            models_path=str(model), plugin_config=json.dumps({"NUM_STREAMS": streams}))))
         config = Path(tmp) / "config.json"
         config.write_text(json.dumps({"model_config_list": [{"config": {"name": "sd", "base_path": "sd"}}]}))
         script = REPO / ".venv" / "bin" / "ovms-graph"

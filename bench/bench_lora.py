@@ -37,40 +37,26 @@ from pathlib import Path
 
 import requests
 
+from calculators.image_gen.graph_writer import graph_text
+from calculators.protos.image_gen_calculator_pb2 import ImageGenCalculatorOptions
 from ovms_graph.testing import serving
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "models" / "tiny"
-NODE = """input_stream: "HTTP_REQUEST_PAYLOAD:input"
-output_stream: "HTTP_RESPONSE_PAYLOAD:output"
-node: {{
-  name: "ImageGenExecutor"
-  calculator: "ImageGenCalculator"
-  input_stream: "HTTP_REQUEST_PAYLOAD:input"
-  input_side_packet: "IMAGE_GEN_NODE_RESOURCES:pipes"
-  output_stream: "HTTP_RESPONSE_PAYLOAD:output"
-  node_options: {{
-    [type.googleapis.com / mediapipe.ImageGenCalculatorOptions]: {{
-      models_path: "{models}"
-      plugin_config: '{plugin_config}'
-{loras}
-    }}
-  }}
-}}
-"""
 LORAS = {"attn": "lora_a", "textenc": "lora_b", "proj": "lora_c"}
 
 
 def write_config(folder: Path, precision: str) -> Path:
-    loras = "\n".join(f'      lora_adapters {{ alias: "{alias}" path: "{TINY / "loras" / name}.safetensors" }}'
-                      for alias, name in LORAS.items())
-    for graph, extra in (("plain", ""), ("lora", loras)):
+    plugin: dict[str, object] = {"NUM_STREAMS": 2}
+    if precision != "default":
+        plugin["INFERENCE_PRECISION_HINT"] = precision
+    for graph in ("plain", "lora"):
+        options = ImageGenCalculatorOptions(models_path=str(TINY / "sd15"), plugin_config=json.dumps(plugin))
+        if graph == "lora":
+            for alias, name in LORAS.items():
+                options.lora_adapters.add(alias=alias, path=str(TINY / "loras" / f"{name}.safetensors"))
         (folder / graph).mkdir()
-        plugin: dict[str, object] = {"NUM_STREAMS": 2}
-        if precision != "default":
-            plugin["INFERENCE_PRECISION_HINT"] = precision
-        (folder / graph / "graph.pbtxt").write_text(NODE.format(models=TINY / "sd15", loras=extra,
-                                                                plugin_config=json.dumps(plugin)))
+        (folder / graph / "graph.pbtxt").write_text(graph_text(options))
     config = folder / "config.json"
     config.write_text(json.dumps({"model_config_list": [{"config": {"name": g, "base_path": g}}
                                                         for g in ("plain", "lora")]}))

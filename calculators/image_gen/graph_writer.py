@@ -337,6 +337,12 @@ def render_options(options: ImageGenCalculatorOptions) -> list[str]:
 
 def render_graph(flags: GraphFlags, *, header: str | None = None) -> str:
     """graph.pbtxt text for ``flags`` (assumed checked); ``header`` becomes leading comment lines."""
+    return graph_text(graph_options(flags), header=header)
+
+
+def graph_text(options: ImageGenCalculatorOptions, *, header: str | None = None) -> str:
+    """graph.pbtxt text of one ImageGenCalculator node with ``options``; ``header`` becomes leading
+    comment lines."""
     lines: list[str] = []
     if header:
         lines += [f"# {line}".rstrip() for line in header.splitlines()]
@@ -355,7 +361,7 @@ def render_graph(flags: GraphFlags, *, header: str | None = None) -> str:
         "  node_options: {",
         "      [type.googleapis.com / mediapipe.ImageGenCalculatorOptions]: {",
     ]
-    lines += [("          " + line) if line else "" for line in render_options(graph_options(flags))]
+    lines += [("          " + line) if line else "" for line in render_options(options)]
     lines += [
         "      }",
         "  }",
