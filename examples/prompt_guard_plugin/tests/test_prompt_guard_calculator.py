@@ -117,8 +117,10 @@ def test_a_multipart_rewrite_keeps_files_and_other_fields(tmp_path: Path) -> Non
                 model="guarded"),
     HttpPayload(uri="/v3/images/generations", method="POST", headers={}, body=b"[1]", route="images/generations",
                 model="guarded"),
+    HttpPayload(uri="/v3/images/generations", method="POST", headers={}, body=b'{"prompt": "x", "prompt": "gore"}',
+                route="images/generations", model="guarded"),
 ], ids=["prompt-not-a-string", "no-prompt", "non-string-fields", "form-no-prompt", "form-two-prompts",
-        "malformed-json", "json-array"])
+        "malformed-json", "json-array", "duplicate-keys-read-strictly"])
 def test_what_the_guard_cannot_read_is_passed_on_untouched_for_the_next_node_to_report(
         tmp_path: Path, payload: HttpPayload) -> None:
     assert run(tmp_path, payload) is payload

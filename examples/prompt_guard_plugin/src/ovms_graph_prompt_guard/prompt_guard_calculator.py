@@ -67,6 +67,7 @@ from google.protobuf.message import Message
 from ovms_graph.calculator import Calculator, CalculatorContext, LoadContext, NodeIssue, Port
 from ovms_graph.errors import BadRequest, ConfigError, Problem
 from ovms_graph.graph_config import NodeSpec
+from ovms_graph.json_body import loads_strict
 from ovms_graph.packets import HttpPayload, MultipartView
 
 from ovms_graph_prompt_guard.prompt_guard_calculator_pb2 import PromptGuardCalculatorOptions
@@ -140,8 +141,8 @@ class GuardRules:
         body = payload.parsed_json
         if body is None and payload.body:
             try:
-                body = json.loads(payload.body)
-            except ValueError:
+                body = loads_strict(payload.body)  # the runtime's one JSON parser, same rules as the front end
+            except (ValueError, RecursionError):
                 return payload  # malformed JSON is the next calculator's to report
         if not isinstance(body, dict):
             return payload
