@@ -147,41 +147,62 @@ def valid_repo_id(repo: str) -> bool:
 
 
 def _adapter(alias: str, source: str, entry: str, base_dir: Path) -> LoraAdapterSource:
+    """An ``alias=source[:alpha]`` entry: the alpha, then the source by its shape (URL, local file, repo)."""
     source, alpha_text = _split_alpha(source)
-    alpha: float | None = None
-    if alpha_text is not None:
-        alpha = parse_alpha(alpha_text)
-        if alpha is None:
-            raise SourceLorasError(
-                f"Invalid alpha value '{alpha_text}' in {FLAG} entry: '{entry}'. "
-                f"Expected a number, e.g. {alias}=org/repo:0.8")
+    alpha = _adapter_alpha(alias, alpha_text, entry)
     if not source:
         raise SourceLorasError(f"Empty source in {FLAG} entry: '{entry}'. Expected format: alias=source[:alpha]")
     if is_url(source):
-        url_path = urlsplit(source).path
-        name = unquote(url_path.rsplit("/", 1)[-1]) if "/" in url_path else ""
-        if not name:
-            raise SourceLorasError(f"Cannot extract filename from URL in {FLAG} entry: '{entry}'")
-        if not name.endswith(SAFETENSORS):
-            raise SourceLorasError(f"URL must point to a .safetensors file in {FLAG} entry: '{entry}'")
-        return LoraAdapterSource(alias, LoraSourceKind.URL, source, name, alpha, entry)
+        return _url_adapter(alias, source, alpha, entry)
     if is_local_path(source):
-        if not source.endswith(SAFETENSORS):
-            raise SourceLorasError(f"Local path must point to a .safetensors file in {FLAG} entry: '{entry}'")
-        path = Path(source)
-        if not path.is_absolute():
-            path = base_dir / path
-        if not path.exists():
-            raise SourceLorasError(f"Local LoRA file does not exist: '{source}' in {FLAG} entry: '{entry}'")
-        if not path.is_file():
-            raise SourceLorasError(f"Local LoRA path is not a file: '{source}' in {FLAG} entry: '{entry}'")
-        return LoraAdapterSource(alias, LoraSourceKind.LOCAL, source, path.name, alpha, entry,
-                                 path=Path(os.path.normpath(path.absolute())))
+        return _local_adapter(alias, source, alpha, entry, base_dir)
+    return _repo_adapter(alias, source, alpha, entry)
+
+
+def _adapter_alpha(alias: str, alpha_text: str | None, entry: str) -> float | None:
+    """The adapter's ``:alpha`` as a number (None when not given)."""
+    if alpha_text is None:
+        return None
+    alpha = parse_alpha(alpha_text)
+    if alpha is None:
+        raise SourceLorasError(
+            f"Invalid alpha value '{alpha_text}' in {FLAG} entry: '{entry}'. "
+            f"Expected a number, e.g. {alias}=org/repo:0.8")
+    return alpha
+
+
+def _url_adapter(alias: str, source: str, alpha: float | None, entry: str) -> LoraAdapterSource:
+    """Rule 1: the URL's last path segment names a ``.safetensors`` file."""
+    url_path = urlsplit(source).path
+    name = unquote(url_path.rsplit("/", 1)[-1]) if "/" in url_path else ""
+    if not name:
+        raise SourceLorasError(f"Cannot extract filename from URL in {FLAG} entry: '{entry}'")
+    if not name.endswith(SAFETENSORS):
+        raise SourceLorasError(f"URL must point to a .safetensors file in {FLAG} entry: '{entry}'")
+    return LoraAdapterSource(alias, LoraSourceKind.URL, source, name, alpha, entry)
+
+
+def _local_adapter(alias: str, source: str, alpha: float | None, entry: str, base_dir: Path
+                   ) -> LoraAdapterSource:
+    """Rule 2: an existing ``.safetensors`` file, relative paths taken from ``base_dir``."""
+    if not source.endswith(SAFETENSORS):
+        raise SourceLorasError(f"Local path must point to a .safetensors file in {FLAG} entry: '{entry}'")
+    path = Path(source)
+    if not path.is_absolute():
+        path = base_dir / path
+    if not path.exists():
+        raise SourceLorasError(f"Local LoRA file does not exist: '{source}' in {FLAG} entry: '{entry}'")
+    if not path.is_file():
+        raise SourceLorasError(f"Local LoRA path is not a file: '{source}' in {FLAG} entry: '{entry}'")
+    return LoraAdapterSource(alias, LoraSourceKind.LOCAL, source, path.name, alpha, entry,
+                             path=Path(os.path.normpath(path.absolute())))
+
+
+def _repo_adapter(alias: str, source: str, alpha: float | None, entry: str) -> LoraAdapterSource:
+    """Rule 3: ``org/name[@file.safetensors]``."""
     repo, at, filename = source.partition("@")
-    if at and not filename:
-        raise SourceLorasError(f"Empty filename after @ in {FLAG} entry: '{entry}'")
-    if at and not filename.endswith(SAFETENSORS):
-        raise SourceLorasError(f"File after @ must be a .safetensors file in {FLAG} entry: '{entry}'")
+    if at:
+        _check_repo_filename(filename, entry)
     if repo.endswith(SAFETENSORS):
         raise SourceLorasError(
             f"'{repo}' in {FLAG} entry: '{entry}' is neither a Hugging Face repository nor a local path: "
@@ -194,6 +215,14 @@ def _adapter(alias: str, source: str, entry: str, base_dir: Path) -> LoraAdapter
     return LoraAdapterSource(alias, LoraSourceKind.HF_REPO, repo, filename or None, alpha, entry)
 
 
+def _check_repo_filename(filename: str, entry: str) -> None:
+    """The file named after ``@`` is a ``.safetensors`` file."""
+    if not filename:
+        raise SourceLorasError(f"Empty filename after @ in {FLAG} entry: '{entry}'")
+    if not filename.endswith(SAFETENSORS):
+        raise SourceLorasError(f"File after @ must be a .safetensors file in {FLAG} entry: '{entry}'")
+
+
 def _composite(alias: str, source: str, entry: str) -> tuple[CompositeLoraSource, list[str]]:
     """The composite and its references (checked against the adapters by the caller)."""
     if source == "@":
@@ -201,27 +230,34 @@ def _composite(alias: str, source: str, entry: str) -> tuple[CompositeLoraSource
                                "Expected format: alias=@adapter[:alpha]+@adapter[:alpha]")
     components: list[CompositeComponentSource] = []
     for token in source.split("+"):
-        if not token:
-            raise SourceLorasError(f"Empty composite LoRA component in {FLAG} entry: '{entry}'. "
-                                   "Components are separated by a single +")
-        if not token.startswith("@"):
-            raise SourceLorasError(
-                f"Invalid composite LoRA component '{token}' in {FLAG} entry: '{entry}'. "
-                "Each component must start with @")
-        ref, colon, alpha_text = token[1:].partition(":")
-        alpha: float | None = None
-        if colon:
-            alpha = parse_alpha(alpha_text)
-            if alpha is None:
-                raise SourceLorasError(f"Invalid alpha '{alpha_text}' in composite LoRA component '{token}' "
-                                       f"in {FLAG} entry: '{entry}'")
-        if not ref:
-            raise SourceLorasError(f"Empty adapter reference in composite LoRA component '{token}' "
+        component = _component(token, entry)
+        if any(c.adapter_alias == component.adapter_alias for c in components):
+            raise SourceLorasError(f"Composite LoRA '{alias}' lists adapter '{component.adapter_alias}' twice "
                                    f"in {FLAG} entry: '{entry}'")
-        if any(c.adapter_alias == ref for c in components):
-            raise SourceLorasError(f"Composite LoRA '{alias}' lists adapter '{ref}' twice in {FLAG} entry: '{entry}'")
-        components.append(CompositeComponentSource(ref, alpha))
+        components.append(component)
     return CompositeLoraSource(alias, tuple(components), entry), [c.adapter_alias for c in components]
+
+
+def _component(token: str, entry: str) -> CompositeComponentSource:
+    """One ``@adapter[:alpha]`` component of a composite."""
+    if not token:
+        raise SourceLorasError(f"Empty composite LoRA component in {FLAG} entry: '{entry}'. "
+                               "Components are separated by a single +")
+    if not token.startswith("@"):
+        raise SourceLorasError(
+            f"Invalid composite LoRA component '{token}' in {FLAG} entry: '{entry}'. "
+            "Each component must start with @")
+    ref, colon, alpha_text = token[1:].partition(":")
+    alpha: float | None = None
+    if colon:
+        alpha = parse_alpha(alpha_text)
+        if alpha is None:
+            raise SourceLorasError(f"Invalid alpha '{alpha_text}' in composite LoRA component '{token}' "
+                                   f"in {FLAG} entry: '{entry}'")
+    if not ref:
+        raise SourceLorasError(f"Empty adapter reference in composite LoRA component '{token}' "
+                               f"in {FLAG} entry: '{entry}'")
+    return CompositeComponentSource(ref, alpha)
 
 
 def _non_default(alpha: float | None) -> bool:
@@ -239,7 +275,16 @@ def parse_source_loras(text: str | None, *, device: str | None = None, base_dir:
     """
     if text is None or not text.strip():
         return SourceLoras()
-    base = base_dir if base_dir is not None else Path.cwd()
+    adapters, composites = _parse_entries(text, base_dir if base_dir is not None else Path.cwd())
+    _check_composites(adapters, composites)
+    if _is_npu(device) and adapters:
+        _check_npu(adapters, [c for c, _ in composites])
+    return SourceLoras(tuple(adapters), tuple(c for c, _ in composites))
+
+
+def _parse_entries(text: str, base: Path
+                   ) -> tuple[list[LoraAdapterSource], list[tuple[CompositeLoraSource, list[str]]]]:
+    """Each entry on its own: the adapters, and the composites with their (unchecked) references."""
     adapters: list[LoraAdapterSource] = []
     composites: list[tuple[CompositeLoraSource, list[str]]] = []
     seen: set[str] = set()
@@ -249,10 +294,12 @@ def parse_source_loras(text: str | None, *, device: str | None = None, base_dir:
             composites.append(_composite(alias, source, entry))
         else:
             adapters.append(_adapter(alias, source, entry, base))
-    _check_composites(adapters, composites)
-    if device is not None and "NPU" in device.split() and adapters:
-        _check_npu(adapters, [c for c, _ in composites])
-    return SourceLoras(tuple(adapters), tuple(c for c, _ in composites))
+    return adapters, composites
+
+
+def _is_npu(device: str | None) -> bool:
+    """Whether the ``--target_device`` value names NPU."""
+    return device is not None and "NPU" in device.split()
 
 
 def _entry(raw: str, text: str, seen: set[str]) -> tuple[str, str, str]:
@@ -290,24 +337,35 @@ def _check_composites(adapters: list[LoraAdapterSource],
     composite_aliases = {c.alias for c, _ in composites}
     for composite, refs in composites:
         for ref in refs:
-            if ref in by_alias:
-                continue
-            if ref in composite_aliases:
-                raise SourceLorasError(
-                    f"Composite LoRA references '{ref}', which is a composite, in {FLAG} entry: '{composite.entry}'. "
-                    "Components must be adapters")
-            known = ", ".join(by_alias) or "none"
-            raise SourceLorasError(
-                f"Composite LoRA references unknown adapter '{ref}' in {FLAG} entry: '{composite.entry}' "
-                f"(known adapters: {known})")
+            _check_reference(ref, composite, by_alias, composite_aliases)
         for component in composite.components:
-            adapter = by_alias[component.adapter_alias]
-            if _non_default(adapter.alpha) and _non_default(component.alpha):
-                raise SourceLorasError(
-                    f"LoRA adapter '{adapter.alias}' has alpha {adapter.alpha:g} in {FLAG} entry '{adapter.entry}' "
-                    f"and composite '{composite.alias}' gives it alpha {component.alpha:g}. "
-                    "Alpha must be specified at only one level: "
-                    "either on the individual adapter or on the composite components, not both.")
+            _check_alpha_level(by_alias[component.adapter_alias], component, composite)
+
+
+def _check_reference(ref: str, composite: CompositeLoraSource, by_alias: dict[str, LoraAdapterSource],
+                     composite_aliases: set[str]) -> None:
+    """``ref`` names an adapter, not a composite or an unknown alias."""
+    if ref in by_alias:
+        return
+    if ref in composite_aliases:
+        raise SourceLorasError(
+            f"Composite LoRA references '{ref}', which is a composite, in {FLAG} entry: '{composite.entry}'. "
+            "Components must be adapters")
+    known = ", ".join(by_alias) or "none"
+    raise SourceLorasError(
+        f"Composite LoRA references unknown adapter '{ref}' in {FLAG} entry: '{composite.entry}' "
+        f"(known adapters: {known})")
+
+
+def _check_alpha_level(adapter: LoraAdapterSource, component: CompositeComponentSource,
+                       composite: CompositeLoraSource) -> None:
+    """An alpha other than 1 is given on the adapter or on the composite component, not on both."""
+    if _non_default(adapter.alpha) and _non_default(component.alpha):
+        raise SourceLorasError(
+            f"LoRA adapter '{adapter.alias}' has alpha {adapter.alpha:g} in {FLAG} entry '{adapter.entry}' "
+            f"and composite '{composite.alias}' gives it alpha {component.alpha:g}. "
+            "Alpha must be specified at only one level: "
+            "either on the individual adapter or on the composite components, not both.")
 
 
 def _check_npu(adapters: list[LoraAdapterSource], composites: list[CompositeLoraSource]) -> None:
