@@ -255,11 +255,22 @@ def graph_options(flags: GraphFlags) -> ImageGenCalculatorOptions:
         options.device = flags.device
     if flags.num_streams is not None:
         options.plugin_config = json.dumps({"NUM_STREAMS": flags.num_streams})
+    _set_direct_fields(options, flags)
+    _add_loras(options, flags)
+    return options
+
+
+def _set_direct_fields(options: ImageGenCalculatorOptions, flags: GraphFlags) -> None:
+    """The fields a ``--<field>`` flag sets; static-shape options only exist with a static resolution."""
     for row in DIRECT_FLAG_ROWS:
         value = getattr(flags, row.field)
         if value is None or (row.section == "static" and flags.resolution is None):
-            continue  # static-shape options only exist with a static resolution
+            continue
         setattr(options, row.field, " ".join(value.split()) if row.field == "resolution" else value)
+
+
+def _add_loras(options: ImageGenCalculatorOptions, flags: GraphFlags) -> None:
+    """lora_adapters and composite_lora_adapters from ``--source_loras``; an alpha of None stays unset."""
     for adapter in flags.lora_adapters:
         entry = options.lora_adapters.add(alias=adapter.alias, path=adapter.path,
                                           mode=LoraLoadMode.Value(adapter.mode))
@@ -271,7 +282,6 @@ def graph_options(flags: GraphFlags) -> ImageGenCalculatorOptions:
             part = group.components.add(adapter_alias=component.adapter_alias)
             if component.alpha is not None:
                 part.alpha = component.alpha
-    return options
 
 
 def _static_heading(options: ImageGenCalculatorOptions) -> list[str]:
