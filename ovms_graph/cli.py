@@ -154,14 +154,22 @@ def _serve_source(ns: argparse.Namespace, parser: argparse.ArgumentParser,
                   extensions: list[CliExtension]) -> GraphSource | None:
     """The extension graph source ``serve`` was given, None for ``--config_path``; usage errors exit 2."""
     given = [e for e in extensions if e.source_given(ns)]
-    flags = [e.source_flag for e in extensions if e.source_flag is not None]
-    if ns.config_path is None and not given:
-        parser.error("serve needs " + " or ".join(["--config_path", *flags]))
-    if ns.config_path is not None and given:
-        parser.error(f"--config_path and {given[0].source_flag} cannot be used together")
-    if len(given) > 1:
-        parser.error(f"{given[0].source_flag} and {given[1].source_flag} cannot be used together")
+    problem = _source_usage_problem(ns.config_path is not None, given, extensions)
+    if problem is not None:
+        parser.error(problem)
     return given[0].serve_source(ns, parser) if given else None
+
+
+def _source_usage_problem(config_given: bool, given: list[CliExtension],
+                          extensions: list[CliExtension]) -> str | None:
+    """Why ``serve``'s graph source flags cannot be used, None when exactly one source was given."""
+    named = (["--config_path"] if config_given else []) + [str(e.source_flag) for e in given]
+    if not named:
+        flags = [e.source_flag for e in extensions if e.source_flag is not None]
+        return "serve needs " + " or ".join(["--config_path", *flags])
+    if len(named) > 1:
+        return f"{named[0]} and {named[1]} cannot be used together"
+    return None
 
 
 if __name__ == "__main__":
