@@ -23,12 +23,9 @@ standard error is a terminal.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import logging
 import os
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -36,6 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from calculators.image_gen.convert import check_convertible, convert_model, is_openvino_ir
 from calculators.image_gen.fetch import (
     FetchError,
     Hub,
@@ -73,7 +71,6 @@ from ovms_graph.errors import ConfigError
 log = logging.getLogger(__name__)
 
 WEIGHT_FORMATS = ("int8", "int4", "fp16", "fp32")
-INSTALL_CONVERT = "pip install 'ovms-graph[convert]'"
 LORA_SOURCE_MARKER = ".ovms_graph_source.json"
 
 #: model_index.json ``_class_name`` values that OpenVINO GenAI 2026.4 serves as image generation.
@@ -129,6 +126,20 @@ class PullPlan:
 
 def plan_pull(options: PullOptions, *, cwd: Path | None = None) -> PullPlan:
     """Check every flag without touching the network; raises UsageError listing every problem."""
+    source = options.source_model
+    served = options.model_name or source
+    graph = GraphFlags(device=options.target_device, num_streams=options.num_streams,
+                       **{row.field: getattr(options, row.field) for row in DIRECT_FLAG_ROWS})
+    loras, lora_problems = _plan_loras(options, served, cwd)
+    problems = _pull_flag_problems(options) + check_graph_flags(graph) + lora_problems
+    if problems:
+        raise UsageError("\n".join(problems))
+    model_dir = Path(os.path.normpath(options.model_repository_path.absolute() / source))
+    return PullPlan(source, model_dir, served, graph, loras)
+
+
+def _pull_flag_problems(options: PullOptions) -> list[str]:
+    """The problems of the flags that are the pull's own (not graph options, not ``--source_loras``)."""
     problems: list[str] = []
     source = options.source_model
     if not source or not valid_repo_id(source):
@@ -140,23 +151,17 @@ def plan_pull(options: PullOptions, *, cwd: Path | None = None) -> PullPlan:
         problems.append(f'--weight-format: expected one of {", ".join(WEIGHT_FORMATS)}, got "{options.weight_format}"')
     if options.model_name is not None and not options.model_name.strip():
         problems.append("--model_name: must not be empty")
-    served = options.model_name or source
-    graph = GraphFlags(device=options.target_device, num_streams=options.num_streams,
-                       **{row.field: getattr(options, row.field) for row in DIRECT_FLAG_ROWS})
-    problems += check_graph_flags(graph)
-    loras = SourceLoras()
+    return problems
+
+
+def _plan_loras(options: PullOptions, served: str, cwd: Path | None) -> tuple[SourceLoras, list[str]]:
+    """The parsed ``--source_loras`` (empty when it has a problem) and its problems."""
     try:
         loras = parse_source_loras(options.source_loras, device=options.target_device, base_dir=cwd)
     except SourceLorasError as exc:
-        problems.append(str(exc))
-    for alias in loras.aliases:
-        if alias == served:
-            problems.append(f"--source_loras: alias '{alias}' is the served model name; LoRA aliases must differ "
-                            "from it (or set --model_name)")
-    if problems:
-        raise UsageError("\n".join(problems))
-    model_dir = Path(os.path.normpath(options.model_repository_path.absolute() / source))
-    return PullPlan(source, model_dir, served, graph, loras)
+        return SourceLoras(), [str(exc)]
+    return loras, [f"--source_loras: alias '{alias}' is the served model name; LoRA aliases must differ "
+                   "from it (or set --model_name)" for alias in loras.aliases if alias == served]
 
 
 # ----- helpers -------------------------------------------------------------------------------------
@@ -187,59 +192,32 @@ def _check_pipeline(model_index: Path, source: str) -> str:
     return name
 
 
-def _is_openvino_ir(files: list[str]) -> bool:
-    return any(f == "openvino_model.xml" or f.endswith("/openvino_model.xml") for f in files)
-
-
-def optimum_available() -> bool:
-    """Whether optimum-intel's OpenVINO exporter can be imported (the ``[convert]`` extra)."""
-    try:
-        return (importlib.util.find_spec("optimum.intel") is not None
-                and importlib.util.find_spec("optimum.exporters.openvino") is not None)
-    except (ImportError, ValueError):
-        return False
-
-
 # ----- the model -----------------------------------------------------------------------------------
 
 def _pull_model_files(plan: PullPlan, options: PullOptions, hub: Hub) -> None:
-    """Download (and convert if needed) the model into ``plan.model_dir``; a no-op when present."""
+    """Download (and convert if needed) the model into ``plan.model_dir``; a no-op when present.
+
+    Stages: list the repository, fetch and check model_index.json, fetch the rest, install (converted
+    first unless it is OpenVINO IR).
+    """
     target = plan.model_dir
-    what = f"--source_model {plan.source_model}"
     if target.is_dir() and not options.overwrite_models:
         print(f"Path already exists on local filesystem. Skipping download to path: {target}", flush=True)
         _check_pipeline(target / "model_index.json", plan.source_model)
         return
-    from huggingface_hub import snapshot_download
-
-    api = hub.api()
-    try:
-        info = api.model_info(plan.source_model)
-        revision = info.sha
-        files = [s.rfilename for s in info.siblings] if info.siblings is not None else \
-            api.list_repo_files(plan.source_model, revision=revision)
-    except Exception as exc:
-        raise fetch_error(what, exc, hub) from exc
+    revision, files = _repo_files(plan.source_model, hub)
     staging = target.with_name(f".{target.name}.download")
     if "model_index.json" not in files:
         raise _no_model_index(plan.source_model)
     common: dict[str, Any] = dict(revision=revision, local_dir=staging, endpoint=hub.endpoint, token=hub.token,
                                   force_download=options.overwrite_models)
-    try:
-        snapshot_download(plan.source_model, allow_patterns=["model_index.json"], **common)
-    except Exception as exc:
-        raise fetch_error(what, exc, hub) from exc
+    _snapshot(plan.source_model, hub, allow_patterns=["model_index.json"], **common)
     pipeline = _check_pipeline(staging / "model_index.json", plan.source_model)
-    ir = _is_openvino_ir(files)
-    if not ir and not optimum_available():
-        raise FetchError(f"{what}: the repository is not in OpenVINO IR format and converting it needs "
-                         f"optimum-intel, which is not installed. Install it with: {INSTALL_CONVERT} "
-                         "(or pull a model that is already converted, e.g. from the OpenVINO organization)")
+    ir = is_openvino_ir(files)
+    if not ir:
+        check_convertible(plan.source_model)
     print(f"Downloading {plan.source_model} from {hub.endpoint} to {target}", flush=True)
-    try:
-        snapshot_download(plan.source_model, ignore_patterns=None if ir else _CONVERT_IGNORE, **common)
-    except Exception as exc:
-        raise fetch_error(what, exc, hub) from exc
+    _snapshot(plan.source_model, hub, ignore_patterns=None if ir else _CONVERT_IGNORE, **common)
     remove_path(staging / ".cache")
     if ir:
         install_folder(staging, target)
@@ -251,35 +229,27 @@ def _pull_model_files(plan: PullPlan, options: PullOptions, hub: Hub) -> None:
     remove_path(staging)
 
 
-def export_task(pipeline: str) -> str:
-    """optimum's export task for a diffusers pipeline class (it cannot infer one for a local folder)."""
-    if "Inpaint" in pipeline or pipeline == "FluxFillPipeline":
-        return "inpainting"
-    if "Img2Img" in pipeline:
-        return "image-to-image"
-    return "text-to-image"
+def _repo_files(source: str, hub: Hub) -> tuple[str | None, list[str]]:
+    """The repository's current revision and the files in it."""
+    api = hub.api()
+    try:
+        info = api.model_info(source)
+        revision = info.sha
+        files = [s.rfilename for s in info.siblings] if info.siblings is not None else \
+            api.list_repo_files(source, revision=revision)
+    except Exception as exc:
+        raise fetch_error(f"--source_model {source}", exc, hub) from exc
+    return revision, files
 
 
-def convert_model(source_dir: Path, output_dir: Path, weight_format: str, *, source: str, pipeline: str) -> None:
-    """Export the diffusers pipeline folder ``source_dir`` (class ``pipeline``) to OpenVINO IR in
-    ``output_dir`` with optimum-intel; FetchError (and no ``output_dir``) on failure."""
-    what = f"--source_model {source}"
-    if not optimum_available():
-        raise FetchError(f"{what}: converting to OpenVINO IR needs optimum-intel, which is not installed. "
-                         f"Install it with: {INSTALL_CONVERT}")
-    command = [sys.executable, "-m", "optimum.commands.optimum_cli", "export", "openvino",
-               "--model", str(source_dir), "--task", export_task(pipeline), "--weight-format", weight_format,
-               str(output_dir)]
-    print(f"Converting {source} to OpenVINO IR ({weight_format}) with optimum-intel", flush=True)
-    log.debug("running %s", " ".join(command))
-    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
-    if result.returncode != 0 or not (output_dir / "model_index.json").is_file():
-        remove_path(output_dir)
-        tail = "\n".join(result.stdout.strip().splitlines()[-15:])
-        raise FetchError(f"{what}: conversion with optimum-intel failed (exit status {result.returncode}):\n{tail}")
-    if not _is_openvino_ir([p.relative_to(output_dir).as_posix() for p in output_dir.rglob("openvino_model.xml")]):
-        remove_path(output_dir)
-        raise FetchError(f"{what}: conversion with optimum-intel produced no openvino_model.xml")
+def _snapshot(source: str, hub: Hub, **kwargs: Any) -> None:
+    """``snapshot_download`` of ``source``; any failure becomes the FetchError that names ``--source_model``."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(source, **kwargs)
+    except Exception as exc:
+        raise fetch_error(f"--source_model {source}", exc, hub) from exc
 
 
 # ----- LoRA adapters -------------------------------------------------------------------------------
@@ -394,25 +364,12 @@ def pull_model(options: PullOptions) -> GraphEntry:
     """
     plan = plan_pull(options)
     hub = hub_from_env()
-    if not log.isEnabledFor(logging.DEBUG):
-        for name in ("httpx", "httpx2"):  # huggingface_hub's HTTP clients log every request at INFO
-            logging.getLogger(name).setLevel(logging.WARNING)
+    _quiet_http_clients()
     progress = sys.stderr.isatty()
     with progress_bars(progress):
         # Resolve every remote adapter before the (large) model download, so that a wrong
         # --source_loras entry is reported before anything is fetched.
-        lora_files: dict[str, str] = {}
-        fetches: list[_LoraFetch] = []
-        for adapter in plan.loras.adapters:
-            if adapter.kind is LoraSourceKind.LOCAL:
-                continue
-            present = None if options.overwrite_models else _present_lora(_lora_dir(plan, adapter.alias), adapter)
-            if present is not None:
-                lora_files[adapter.alias] = present
-                continue
-            file = _resolve_hf_lora(adapter, hub) if adapter.kind is LoraSourceKind.HF_REPO else str(adapter.filename)
-            fetches.append(_LoraFetch(adapter, file))
-            lora_files[adapter.alias] = file
+        lora_files, fetches = _plan_lora_fetches(plan, options, hub)
         _pull_model_files(plan, options, hub)
         for fetch in fetches:
             _fetch_lora(plan, fetch, hub, progress=progress, force=options.overwrite_models)
@@ -422,14 +379,44 @@ def pull_model(options: PullOptions) -> GraphEntry:
     if write_graph(graph_path, text):
         print(f"Wrote {graph_path}", flush=True)
     if options.config_path is not None:
-        config_path = options.config_path.absolute()
-        base_path = os.path.relpath(plan.model_dir, config_path.parent)
-        try:
-            write_model_entry(config_path, plan.served_name, base_path)
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"--config_path {options.config_path}: cannot update it: {first_line(exc)}") from exc
-        print(f"Model '{plan.served_name}' is in {options.config_path} (base_path {base_path})", flush=True)
+        _write_config_entry(plan, options.config_path)
     return GraphEntry(plan.served_name, graph_path, f"--source_model {plan.source_model}")
+
+
+def _quiet_http_clients() -> None:
+    """huggingface_hub's HTTP clients log every request at INFO; show them only when debugging."""
+    if not log.isEnabledFor(logging.DEBUG):
+        for name in ("httpx", "httpx2"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _plan_lora_fetches(plan: PullPlan, options: PullOptions, hub: Hub
+                       ) -> tuple[dict[str, str], list[_LoraFetch]]:
+    """Each remote adapter's file (by alias), and the adapters still to be fetched."""
+    lora_files: dict[str, str] = {}
+    fetches: list[_LoraFetch] = []
+    for adapter in plan.loras.adapters:
+        if adapter.kind is LoraSourceKind.LOCAL:
+            continue
+        present = None if options.overwrite_models else _present_lora(_lora_dir(plan, adapter.alias), adapter)
+        if present is not None:
+            lora_files[adapter.alias] = present
+            continue
+        file = _resolve_hf_lora(adapter, hub) if adapter.kind is LoraSourceKind.HF_REPO else str(adapter.filename)
+        fetches.append(_LoraFetch(adapter, file))
+        lora_files[adapter.alias] = file
+    return lora_files, fetches
+
+
+def _write_config_entry(plan: PullPlan, config_file: Path) -> None:
+    """Create or update the served model's entry in ``--config_path``."""
+    config_path = config_file.absolute()
+    base_path = os.path.relpath(plan.model_dir, config_path.parent)
+    try:
+        write_model_entry(config_path, plan.served_name, base_path)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--config_path {config_file}: cannot update it: {first_line(exc)}") from exc
+    print(f"Model '{plan.served_name}' is in {config_file} (base_path {base_path})", flush=True)
 
 
 def run_pull(options: PullOptions) -> int:

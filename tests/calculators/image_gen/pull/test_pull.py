@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from calculators.image_gen.convert import export_task
 from calculators.image_gen.pull import (
     IMAGE_GENERATION_PIPELINES,
     FetchError,
     PullError,
     UsageError,
-    export_task,
     pull_model,
     run_pull,
 )
