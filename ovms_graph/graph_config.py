@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -90,22 +90,29 @@ class SourceMap:
         A field that is absent (e.g. a missing required one) maps to its closest present parent.
         """
         prefix = f"node[{node_index}]." if node_index is not None else ""
-        segments = field_path.split(".")
-        inside_options = len(segments) > 1 and segments[0] in ("node_options", "options")
-        if inside_options:
-            segments = segments[1:]  # "node_options.x": x inside the options, either spelling
-        while segments:
-            path = ".".join(segments)
-            for container in ("", "node_options[0].", "options[0].", "node_options.", "options."):
-                line = self._lines.get(prefix + container + path)
-                if line is not None:
-                    return line
-            segments.pop()
-        for container in ("node_options", "options") if inside_options else ():
-            line = self._lines.get(prefix + container)
+        for path in _candidate_paths(field_path):
+            line = self._lines.get(prefix + path)
             if line is not None:
                 return line
         return self.node_line(node_index) if node_index is not None else None
+
+
+#: Where a field of a node may sit: on the node, or inside its options (either spelling).
+_CONTAINERS = ("", "node_options[0].", "options[0].", "node_options.", "options.")
+
+
+def _candidate_paths(field_path: str) -> Iterator[str]:
+    """The recorded paths that may hold ``field_path``, closest first: the path in each container,
+    then each of its parents the same way, then the options field it is inside of, if any."""
+    segments = field_path.split(".")
+    inside_options = len(segments) > 1 and segments[0] in ("node_options", "options")
+    if inside_options:
+        segments = segments[1:]  # "node_options.x": x inside the options, either spelling
+    for end in range(len(segments), 0, -1):
+        path = ".".join(segments[:end])
+        yield from (container + path for container in _CONTAINERS)
+    if inside_options:
+        yield from ("node_options", "options")
 
 
 def _tokens(text: str) -> list[tuple[str, int]]:
@@ -323,7 +330,11 @@ def parse_graph(path: Path, option_types: Sequence[type[Message]]) -> GraphSpec:
     return parse_graph_text(text, path, option_types)
 
 
-def _refs(values: Sequence[str], what: str, spec_problems: list[tuple[str, str]]) -> list[StreamRef]:
+#: A problem found while building a spec, before it can be located: (field, message).
+_Found = tuple[str, str]
+
+
+def _refs(values: Sequence[str], what: str, spec_problems: list[_Found]) -> list[StreamRef]:
     refs = []
     for raw in values:
         try:
@@ -335,11 +346,9 @@ def _refs(values: Sequence[str], what: str, spec_problems: list[tuple[str, str]]
 
 def _build_spec(text: str, file: Path, proto: calculator_pb2.CalculatorGraphConfig,
                 option_types: Sequence[type[Message]]) -> GraphSpec:
-    source = SourceMap(text)
-    by_name = {t.DESCRIPTOR.full_name: t for t in option_types}
-    graph_problems: list[tuple[str, str]] = []
+    graph_problems: list[_Found] = []
     spec = GraphSpec(
-        file=file, proto=proto, source=source,
+        file=file, proto=proto, source=SourceMap(text),
         input_streams=_refs(proto.input_stream, "input_stream", graph_problems),
         output_streams=_refs(proto.output_stream, "output_stream", graph_problems),
         input_side_packets=_refs(proto.input_side_packet, "input_side_packet", graph_problems),
@@ -348,42 +357,64 @@ def _build_spec(text: str, file: Path, proto: calculator_pb2.CalculatorGraphConf
     for fld, msg in graph_problems:
         spec.problems.append(spec.problem(msg, field=fld))
     for index, node_proto in enumerate(proto.node):
-        node_problems: list[tuple[str, str]] = []
-        label = node_proto.name or f"#{index} {node_proto.calculator or '?'}"
-        node = NodeSpec(
-            index=index, name=node_proto.name, label=node_proto.name or f"#{index}",
-            calculator=node_proto.calculator,
-            input_streams=_refs(node_proto.input_stream, "input_stream", node_problems),
-            output_streams=_refs(node_proto.output_stream, "output_stream", node_problems),
-            input_side_packets=_refs(node_proto.input_side_packet, "input_side_packet", node_problems),
-            output_side_packets=_refs(node_proto.output_side_packet, "output_side_packet", node_problems),
-            proto=node_proto, line=source.node_line(index),
-        )
-        del label
-        # Where each unpacked options message came from, so problems inside it name that field.
-        option_fields: list[str] = []
-        for any_index, packed in enumerate(node_proto.node_options):
-            type_name = packed.type_url.rsplit("/", 1)[-1]
-            cls = by_name.get(type_name)
-            fld = f"node_options[{any_index}]" if len(node_proto.node_options) > 1 else "node_options"
-            if cls is None:
-                node_problems.append((fld, f'unknown options type "{type_name}"'))
-                continue
-            unpacked = cls()
-            unpacked.ParseFromString(packed.value)
-            node.options.append(unpacked)
-            option_fields.append(fld)
-        if node_proto.HasField("options"):
-            for cls in option_types:
-                ext = getattr(cls, "ext", None)
-                if ext is not None and node_proto.options.HasExtension(ext):
-                    node.options.append(node_proto.options.Extensions[ext])
-                    option_fields.append("options")
-        for opt, opt_field in zip(node.options, option_fields, strict=True):
-            for missing in opt.FindInitializationErrors():  # type: ignore[attr-defined]
-                node_problems.append((f"{opt_field}.{missing}", "required field is missing"))
-        for fld, text in node_problems:
-            spec.problems.append(spec.problem(text, node=node, field=fld))
+        node, node_problems = _node_spec(index, node_proto, spec.source, option_types)
+        for fld, msg in node_problems:
+            spec.problems.append(spec.problem(msg, node=node, field=fld))
             node.malformed.add(fld)
         spec.nodes.append(node)
     return spec
+
+
+def _node_spec(index: int, node_proto: calculator_pb2.CalculatorGraphConfig.Node, source: SourceMap,
+               option_types: Sequence[type[Message]]) -> tuple[NodeSpec, list[_Found]]:
+    """One node and its problems, in order: malformed stream references, unknown options types,
+    missing required option fields."""
+    problems: list[_Found] = []
+    node = NodeSpec(
+        index=index, name=node_proto.name, label=node_proto.name or f"#{index}",
+        calculator=node_proto.calculator,
+        input_streams=_refs(node_proto.input_stream, "input_stream", problems),
+        output_streams=_refs(node_proto.output_stream, "output_stream", problems),
+        input_side_packets=_refs(node_proto.input_side_packet, "input_side_packet", problems),
+        output_side_packets=_refs(node_proto.output_side_packet, "output_side_packet", problems),
+        proto=node_proto, line=source.node_line(index),
+    )
+    packed, unknown = _packed_options(node_proto, option_types)
+    options = packed + _extension_options(node_proto, option_types)
+    node.options.extend(opt for opt, _ in options)
+    return node, problems + unknown + _missing_required(options)
+
+
+def _packed_options(node_proto: calculator_pb2.CalculatorGraphConfig.Node,
+                    option_types: Sequence[type[Message]]) -> tuple[list[tuple[Message, str]], list[_Found]]:
+    """The ``node_options`` Any values unpacked, each with the field it came from (so problems inside it
+    name that field), and one problem per value of a type no calculator registered."""
+    by_name = {t.DESCRIPTOR.full_name: t for t in option_types}
+    options: list[tuple[Message, str]] = []
+    problems: list[_Found] = []
+    for any_index, packed in enumerate(node_proto.node_options):
+        type_name = packed.type_url.rsplit("/", 1)[-1]
+        fld = f"node_options[{any_index}]" if len(node_proto.node_options) > 1 else "node_options"
+        cls = by_name.get(type_name)
+        if cls is None:
+            problems.append((fld, f'unknown options type "{type_name}"'))
+            continue
+        unpacked = cls()
+        unpacked.ParseFromString(packed.value)
+        options.append((unpacked, fld))
+    return options, problems
+
+
+def _extension_options(node_proto: calculator_pb2.CalculatorGraphConfig.Node,
+                       option_types: Sequence[type[Message]]) -> list[tuple[Message, str]]:
+    """The registered extensions set in the node's legacy ``options`` field."""
+    if not node_proto.HasField("options"):
+        return []
+    extensions = [getattr(cls, "ext", None) for cls in option_types]
+    return [(node_proto.options.Extensions[ext], "options") for ext in extensions
+            if ext is not None and node_proto.options.HasExtension(ext)]
+
+
+def _missing_required(options: list[tuple[Message, str]]) -> list[_Found]:
+    return [(f"{fld}.{missing}", "required field is missing") for opt, fld in options
+            for missing in opt.FindInitializationErrors()]  # type: ignore[attr-defined]

@@ -23,43 +23,63 @@ async def parse_multipart(headers: CIMultiDictProxy[str], body: bytes) -> Multip
     """The fields and files of a multipart/form-data ``body``; 400 naming what is malformed."""
     if "boundary=" not in headers.get("Content-Type", ""):
         raise BadRequest("multipart/form-data needs a boundary parameter in its Content-Type header")
-    protocol = BaseProtocol(asyncio.get_running_loop())
-    content = StreamReader(protocol, limit=max(len(body), 2**16), loop=asyncio.get_running_loop())
-    content.feed_data(body)
-    content.feed_eof()
+    content = _stream_of(body)
     fields: dict[str, list[str]] = {}
     files: dict[str, list[UploadedFile]] = {}
     try:
         reader = MultipartReader(headers, content)
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
-                raise BadRequest("nested multipart bodies are not supported")
-            if not part.headers and content.at_eof():
-                raise BadRequest("malformed multipart body: it ends without the closing boundary")
-            name = part.name
-            if not name:
-                raise BadRequest("a multipart part has no name (Content-Disposition: form-data; name=...)")
+        while (found := await reader.next()) is not None:
+            name, part = _form_part(found, content)
             # Raw bytes: no Content-Encoding decoding, so a small part cannot inflate into a huge one.
             data = bytes(await part.read())
             if part.filename is not None:
                 files.setdefault(name, []).append(UploadedFile(
                     name, part.filename, part.headers.get("Content-Type"), data))
-                continue
-            charset = part.get_charset(default="utf-8")
-            try:
-                fields.setdefault(name, []).append(data.decode(charset))
-            except (UnicodeDecodeError, LookupError):
-                raise BadRequest(f"multipart field {name} is not valid {charset} text", param=name) from None
+            else:
+                fields.setdefault(name, []).append(_text(name, data, part.get_charset(default="utf-8")))
     except RequestError:
         raise
-    except HttpProcessingError as exc:  # e.g. an overlong header line; its message quotes the data
-        reason = exc.message.split(":")[0].strip().lower()
-        raise BadRequest(f"malformed multipart body: {reason}") from None
     except Exception as exc:  # aiohttp reports malformed multipart with assorted exception types
-        reason = "it ends without the closing boundary" if str(exc) == "Reading after EOF" else str(exc)
-        raise BadRequest(f"malformed multipart body: {reason}") from None
+        raise _malformed(exc) from None
     return MultipartView(fields={k: tuple(v) for k, v in fields.items()},
                          files={k: tuple(v) for k, v in files.items()})
+
+
+def _stream_of(body: bytes) -> StreamReader:
+    """``body`` as the finished stream aiohttp's reader reads from."""
+    protocol = BaseProtocol(asyncio.get_running_loop())
+    content = StreamReader(protocol, limit=max(len(body), 2**16), loop=asyncio.get_running_loop())
+    content.feed_data(body)
+    content.feed_eof()
+    return content
+
+
+def _form_part(part: BodyPartReader | MultipartReader, content: StreamReader) -> tuple[str, BodyPartReader]:
+    """The name and the part, when it is a named, non-nested part before the closing boundary; 400 otherwise."""
+    if not isinstance(part, BodyPartReader):
+        raise BadRequest("nested multipart bodies are not supported")
+    if not part.headers and content.at_eof():
+        raise BadRequest("malformed multipart body: it ends without the closing boundary")
+    name = part.name
+    if not name:
+        raise BadRequest("a multipart part has no name (Content-Disposition: form-data; name=...)")
+    return name, part
+
+
+def _text(name: str, data: bytes, charset: str) -> str:
+    """A text field's value; 400 naming the field when it is not ``charset`` text."""
+    try:
+        return data.decode(charset)
+    except (UnicodeDecodeError, LookupError):
+        raise BadRequest(f"multipart field {name} is not valid {charset} text", param=name) from None
+
+
+def _malformed(exc: Exception) -> BadRequest:
+    """The 400 for an exception aiohttp raised on a malformed body, without quoting the body."""
+    if isinstance(exc, HttpProcessingError):  # e.g. an overlong header line; its message quotes the data
+        return BadRequest(f"malformed multipart body: {exc.message.split(':')[0].strip().lower()}")
+    reason = "it ends without the closing boundary" if str(exc) == "Reading after EOF" else str(exc)
+    return BadRequest(f"malformed multipart body: {reason}")
 
 
 def multipart_model(view: MultipartView) -> str | None:

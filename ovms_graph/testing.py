@@ -40,7 +40,7 @@ from google.protobuf.message import Message
 from ovms_graph.calculator import RequestContext
 from ovms_graph.errors import Problem
 from ovms_graph.graph import Graph
-from ovms_graph.graph_config import GraphSpec, parse_graph_text
+from ovms_graph.graph_config import GraphSpec, StreamRef, parse_graph_text
 from ovms_graph.json_body import parse_json_object
 from ovms_graph.packets import HttpPayload
 from ovms_graph.registry import Registry
@@ -53,14 +53,16 @@ def wrap_node(node_text: str, option_types: Sequence[type[Message]] = ()) -> str
     The declarations are appended, so line numbers in messages still match the snippet.
     """
     spec = parse_graph_text(node_text, Path("graph.pbtxt"), option_types)
-    produced = {ref.name for node in spec.nodes for ref in node.output_streams}
-    consumed = {ref.name for node in spec.nodes for ref in node.input_streams}
-    lines: list[str] = []
-    for node in spec.nodes:
-        lines += [f'input_stream: "{ref.raw}"' for ref in node.input_streams if ref.name not in produced]
-    for node in spec.nodes:
-        lines += [f'output_stream: "{ref.raw}"' for ref in node.output_streams if ref.name not in consumed]
+    inputs = [ref for node in spec.nodes for ref in node.input_streams]
+    outputs = [ref for node in spec.nodes for ref in node.output_streams]
+    lines = [*_declarations("input_stream", inputs, outputs), *_declarations("output_stream", outputs, inputs)]
     return node_text.rstrip("\n") + "\n" + "\n".join(dict.fromkeys(lines)) + "\n"
+
+
+def _declarations(field: str, refs: list[StreamRef], others: list[StreamRef]) -> list[str]:
+    """``field: "TAG:name"`` for each of ``refs`` that no stream of ``others`` connects to."""
+    connected = {ref.name for ref in others}
+    return [f'{field}: "{ref.raw}"' for ref in refs if ref.name not in connected]
 
 
 class CalculatorRunner:
