@@ -31,13 +31,14 @@ def _device(value: str) -> str:
 
 
 def _flag_type(row: OptionRow) -> Callable[[str], Any]:
-    """How a table row's flag parses, from its range rule: counts as positive integers, scales as finite
-    numbers, anything else as text (the graph checks and the calculator check it further)."""
+    """How a table row's flag parses: counts (range ``positive``) as positive integers, scales (``finite``)
+    as finite numbers, other numbers as the proto field's type, anything else as text (the graph checks
+    and the calculator check it further)."""
     if row.range is positive:
         return positive_int(f"--{row.field}")
     if row.range is finite:
         return finite_float(f"--{row.field}")
-    return str
+    return row.python_type if row.python_type in (int, float) else str
 
 
 def add_pull_flags(p: argparse.ArgumentParser, *, required: bool) -> None:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from calculators.image_gen.option_table import BY_FIELD, DIRECT_FLAG_ROWS, FLAGS, OPTIONS, default
+from calculators.image_gen.option_table import BY_FIELD, DIRECT_FLAG_ROWS, FLAGS, OPTIONS, default, with_flag_fields
 from calculators.protos.image_gen_calculator_pb2 import ImageGenCalculatorOptions, LoraLoadMode
 
 _RESOLUTION_RE = re.compile(r"^([0-9]+)x([0-9]+)$")
@@ -79,26 +79,21 @@ class CompositeLine:
 
 
 @dataclass(frozen=True)
-class GraphFlags:
-    """The flags that shape graph.pbtxt; None means "not given" and keeps the option out."""
-
+class _GraphFlags:
     models_path: str = "./"
     device: str | None = None
     num_streams: int | None = None
-    resolution: str | None = None
-    max_resolution: str | None = None
-    default_resolution: str | None = None
-    max_num_images_per_prompt: int | None = None
-    default_num_inference_steps: int | None = None
-    max_num_inference_steps: int | None = None
-    num_images_per_prompt: int | None = None
-    guidance_scale: float | None = None
     lora_adapters: tuple[LoraAdapterLine, ...] = ()
     composite_lora_adapters: tuple[CompositeLine, ...] = ()
 
     @property
     def uses_npu(self) -> bool:
         return self.device is not None and "NPU" in self.device.split()
+
+
+GraphFlags = with_flag_fields(_GraphFlags, """The flags that shape graph.pbtxt; None means "not given" and keeps
+    the option out. Besides the fields above, one per ``--<field>`` row of the option table (``resolution``,
+    ``max_num_inference_steps``, ...), named like the proto field.""")
 
 
 def _resolution(flag: str, text: str, problems: list[str]) -> tuple[int, int] | None:

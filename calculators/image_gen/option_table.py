@@ -4,19 +4,23 @@ where graph rendering puts it.
 
 Node validation (:mod:`calculators.image_gen.options`), the ``pull`` flags (declared, parsed and
 checked: :mod:`calculators.image_gen.cli`, :func:`calculators.image_gen.graph_writer.check_graph_flags`)
-and graph rendering (:mod:`calculators.image_gen.graph_writer`) all read this table. Adding an option
-is one proto field plus one row; ``tests/calculators/image_gen/test_option_table.py`` refuses a proto
-field without a row.
+and graph rendering (:mod:`calculators.image_gen.graph_writer`) all read this table; ``pull``'s options
+and graph flags get one field per ``--<field>`` row (:func:`with_flag_fields`). Adding an option is one
+proto field plus one row (and, for a flag, its docs/cli.md lines, which ``tests/docs`` asks for);
+``tests/calculators/image_gen/test_option_table.py`` refuses a proto field without a row.
 Rules between fields are small named functions in the two checkers; a range rule here returns the
 reason (``must be greater than 0, got 0``) that both phrase after the field or its flag.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from google.protobuf.descriptor import FieldDescriptor
 
 from calculators.protos.image_gen_calculator_pb2 import ImageGenCalculatorOptions
 
@@ -70,9 +74,22 @@ class OptionRow:
     def repeated(self) -> bool:
         return bool(self.descriptor.is_repeated)
 
+    @property
+    def python_type(self) -> type:
+        """The Python type of one value of the field (int, float, bool or str; a message class)."""
+        return _PYTHON_TYPES.get(self.descriptor.cpp_type, object)
+
     def range_problem(self, value: Any) -> str | None:
         """Why ``value`` is out of this field's range, or None."""
         return self.range(value) if self.range is not None and value is not None else None
+
+
+_PYTHON_TYPES: dict[int, type] = {
+    FieldDescriptor.CPPTYPE_INT32: int, FieldDescriptor.CPPTYPE_INT64: int,
+    FieldDescriptor.CPPTYPE_UINT32: int, FieldDescriptor.CPPTYPE_UINT64: int,
+    FieldDescriptor.CPPTYPE_FLOAT: float, FieldDescriptor.CPPTYPE_DOUBLE: float,
+    FieldDescriptor.CPPTYPE_BOOL: bool, FieldDescriptor.CPPTYPE_STRING: str,
+}
 
 
 #: Every ImageGenCalculatorOptions field, in the order graphs are rendered and nodes are checked.
@@ -104,6 +121,16 @@ FLAGS: dict[str, str] = {row.field: row.flag for row in OPTIONS if row.flag is n
 #: straight from the table. The others have flags of their own shape (``--target_device``,
 #: ``--num_streams`` into plugin_config, ``--source_loras``).
 DIRECT_FLAG_ROWS: tuple[OptionRow, ...] = tuple(row for row in OPTIONS if row.flag == f"--{row.field}")
+
+
+def with_flag_fields(cls: type, doc: str) -> type:
+    """``cls`` (a frozen dataclass whose fields all come first) extended by one field per
+    :data:`DIRECT_FLAG_ROWS` row, named like the proto field, typed ``<its type> | None`` and None by
+    default ("flag not given"). ``pull``'s options and graph flags are built this way, so a new
+    ``--<field>`` option needs no field of its own in either."""
+    extra = [(row.field, row.python_type | None, dataclasses.field(default=None)) for row in DIRECT_FLAG_ROWS]
+    return dataclasses.make_dataclass(cls.__name__.lstrip("_"), extra, bases=(cls,), frozen=True,
+                                      namespace={"__doc__": doc, "__module__": cls.__module__})
 
 
 def default(field: str) -> Any:

@@ -56,7 +56,7 @@ from calculators.image_gen.graph_writer import (
     render_graph,
     write_graph,
 )
-from calculators.image_gen.option_table import DIRECT_FLAG_ROWS
+from calculators.image_gen.option_table import DIRECT_FLAG_ROWS, with_flag_fields
 from calculators.image_gen.source_loras import (
     LoraAdapterSource,
     LoraSourceKind,
@@ -88,27 +88,22 @@ _CONVERT_IGNORE = ["*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.pb
 
 
 @dataclass(frozen=True)
-class PullOptions:
-    """What ``pull`` (and ``serve --source_model``) downloads and writes into graph.pbtxt."""
-
+class _PullOptions:
     source_model: str
     model_repository_path: Path
     task: str | None = None
     model_name: str | None = None
     target_device: str | None = None
     source_loras: str | None = None
-    resolution: str | None = None
-    max_resolution: str | None = None
-    default_resolution: str | None = None
-    max_num_images_per_prompt: int | None = None
-    default_num_inference_steps: int | None = None
-    max_num_inference_steps: int | None = None
-    num_images_per_prompt: int | None = None
-    guidance_scale: float | None = None
     num_streams: int | None = None
     weight_format: str = "int8"
     overwrite_models: bool = False
     config_path: Path | None = None
+
+
+PullOptions = with_flag_fields(_PullOptions, """What ``pull`` (and ``serve --source_model``) downloads and writes
+    into graph.pbtxt. Besides the fields above, one per ``--<field>`` row of the option table (``resolution``,
+    ``max_num_inference_steps``, ...), None when the flag is not given.""")
 
 
 @dataclass(frozen=True)

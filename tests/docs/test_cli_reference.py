@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from calculators.image_gen.option_table import DIRECT_FLAG_ROWS, OptionRow
 from ovms_graph.cli import build_parser, main
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
@@ -181,3 +182,11 @@ DEFAULTS = documented_defaults(DOC.read_text(encoding="utf-8"))
 @pytest.mark.parametrize(("command", "flag", "default"), parser_defaults(build_parser()))
 def test_documented_defaults_match_the_parser(command: str, flag: str, default: str) -> None:
     assert DEFAULTS[(command, flag)] == f"`{default}`"
+
+
+@pytest.mark.parametrize("command", ["serve", "pull"])
+@pytest.mark.parametrize("row", [row for row in DIRECT_FLAG_ROWS if row.default is not None], ids=lambda row: row.field)
+def test_documented_option_flag_defaults_are_the_protos(command: str, row: OptionRow) -> None:
+    """A ``--<field>`` flag of the option table leaves the field unset, so its documented default is the
+    proto's (the parser's default is None: the test above cannot see it)."""
+    assert DEFAULTS[(command, f"--{row.field}")] == f"`{row.default}`"
