@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from calculators.image_gen.lora import LoraPlan
-from calculators.image_gen.memory import InsufficientMemory, MemoryEstimate, available_bytes, weights_bytes
+from calculators.image_gen.memory import InsufficientMemory, MemoryEstimate, available_bytes
 from calculators.image_gen.model_info import (
     DERIVABLE,
     FAMILY_GUIDANCE,
@@ -298,7 +298,7 @@ def build_resources(node: str, settings: NodeSettings, info: ModelInfo, lora: Lo
     # FUSE adapters combined with switchable ones are merged into a copy of the model (see LoraPlan).
     settings = dataclasses.replace(settings, models_path=lora.model_dir(settings.models_path))
     properties = compile_properties(settings, sets, cache_dir=cache_dir)
-    memory = MemoryEstimate(sets, weights_bytes(settings.models_path))
+    memory = MemoryEstimate.for_model(sets, settings.models_path, properties)
     available = available_bytes()
     log.info('node "%s": memory: %s = about %.2f GiB; %s available', node, memory.describe(), memory.total / 2**30,
              f"{available / 2**30:.2f} GiB" if available is not None else "unknown")

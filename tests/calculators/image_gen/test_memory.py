@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from calculators.image_gen import memory, pipelines
-from calculators.image_gen.memory import GIB, MemoryEstimate, weights_bytes
+from calculators.image_gen.memory import GIB, MemoryEstimate, constant_bytes, inference_precision, resident_factor
 from ovms_graph.cli import ServerOptions
 from ovms_graph.errors import ConfigError
 from ovms_graph.testing import CalculatorRunner, ThreadedServer
@@ -42,6 +42,60 @@ def test_refusal_names_num_streams_the_estimate_and_the_available_memory(
     assert estimate.refusal(available) == message
 
 
+def write_ir(folder: Path, constants: dict[str, int]) -> Path:
+    """An IR pair whose xml declares one constant of each ``element_type: size``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    offset, layers = 0, []
+    for element_type, size in constants.items():
+        layers.append(f'<layer id="{len(layers)}" type="Const"><data element_type="{element_type}" shape="{size}" '
+                      f'offset="{offset}" size="{size}" /></layer>')
+        offset += size
+    (folder / "openvino_model.xml").write_text(f'<net><layers><layer id="p" type="Parameter"><data '
+                                               f'shape="1,4" element_type="f32" /></layer>{"".join(layers)}'
+                                               f"</layers></net>")
+    (folder / "openvino_model.bin").write_bytes(bytes(offset))
+    return folder
+
+
+@pytest.mark.parametrize(("constants", "precision", "factor"), [
+    ({"f16": 1000}, "bf16", 2.15),  # fp16 IR at bf16: the files plus a same-size copy (SD1.5: 4.15 GiB measured)
+    ({"f16": 1000}, "f16", 2.15),
+    ({"f16": 1000}, "f32", 3.15),  # expanded to f32: twice the files (SD1.5: 6.24 GiB measured)
+    ({"f32": 1000}, "f32", 2.15),
+    ({"f32": 1000}, "bf16", 1.65),
+    ({"u8": 800, "f16": 200}, "f32", 2.35),  # int8-compressed weights stay int8; their f16 scales expand
+    ({}, "f32", 2.0),  # no IR constants found: the measured default
+])
+def test_each_set_holds_the_files_and_a_copy_at_the_inference_precision(
+        tmp_path: Path, constants: dict[str, int], precision: str, factor: float) -> None:
+    folder = write_ir(tmp_path / "unet", constants) if constants else tmp_path
+    found = constant_bytes(tmp_path)
+    assert found == constants
+    assert resident_factor(found, precision) == pytest.approx(factor)
+    estimate = MemoryEstimate.for_model(2, tmp_path, {"INFERENCE_PRECISION_HINT": precision})
+    assert estimate.per_set == int(sum(constants.values()) * factor)
+    assert estimate.total == 2 * estimate.per_set
+    assert folder.is_dir()
+
+
+@pytest.mark.parametrize(("properties", "precision"), [
+    ({"INFERENCE_PRECISION_HINT": "f32"}, "f32"),
+    ({"INFERENCE_PRECISION_HINT": "BF16"}, "bf16"),
+    ({"INFERENCE_PRECISION_HINT": "f16"}, "f16"),
+    ({"EXECUTION_MODE_HINT": "ACCURACY"}, "f32"),
+])
+def test_the_inference_precision_comes_from_plugin_config(properties: dict[str, str], precision: str) -> None:
+    assert inference_precision(properties) == precision
+
+
+def test_without_a_hint_the_precision_is_the_cpus_default() -> None:
+    import openvino as ov
+
+    default = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+    assert inference_precision({}) == default
+    assert inference_precision({"EXECUTION_MODE_HINT": "PERFORMANCE"}) == default
+
+
 def test_the_machine_reports_its_available_memory() -> None:
     available = memory.available_bytes()
     assert available is not None and available > 0
@@ -49,7 +103,7 @@ def test_the_machine_reports_its_available_memory() -> None:
 
 def test_too_many_sets_for_the_memory_fail_the_load_naming_plugin_config(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    per_set = MemoryEstimate(1, weights_bytes(TINY / "sd15")).per_set
+    per_set = MemoryEstimate.for_model(1, TINY / "sd15", {"INFERENCE_PRECISION_HINT": "f32"}).per_set
     monkeypatch.setattr(pipelines, "available_bytes", lambda: int(2.5 * per_set))
 
     def load(streams: int) -> CalculatorRunner:
@@ -86,5 +140,5 @@ def test_metrics_show_the_process_and_per_graph_memory(tmp_path: Path) -> None:
         return float(found.group(1))
 
     assert value("ovms_graph_resident_memory_bytes") > 0
-    assert value(r'ovms_graph_graph_memory_estimate_bytes\{graph="sd"\}') == MemoryEstimate(
-        1, weights_bytes(TINY / "sd15")).total
+    assert value(r'ovms_graph_graph_memory_estimate_bytes\{graph="sd"\}') == MemoryEstimate.for_model(
+        1, TINY / "sd15", json.loads(F32)).total
