@@ -17,7 +17,7 @@ import inspect
 import itertools
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,14 +77,10 @@ class Graph:
         self.resources = resources
         self.input_streams = {ref.key: ref.name for ref in spec.input_streams}
         self.output_streams = {ref.name: ref.key for ref in spec.output_streams}
-        limits = [r.concurrency for r in resources.values() if isinstance(r, ConcurrencyLimited)]
-        ints = [c for c in limits if isinstance(c, int) and c > 0]
         #: How many requests the graph can run at once (None: no calculator limits it).
-        self.concurrency: int | None = min(ints) if ints else None
-        estimates = [r.memory_estimate for r in resources.values() if isinstance(r, MemoryEstimated)]
-        known = [e for e in estimates if isinstance(e, int)]
+        self.concurrency: int | None = _concurrency(resources.values())
         #: Resident bytes the calculators expect their resources to hold (None: none said).
-        self.memory_estimate: int | None = sum(known) if known else None
+        self.memory_estimate: int | None = _memory_estimate(resources.values())
 
     @classmethod
     def load(cls, name: str, path: Path, registry: Registry, *, cache_dir: Path | None = None) -> Graph:
@@ -99,30 +95,9 @@ class Graph:
         if problems:
             raise ConfigError(problems)
         ctx = LoadContext(name, spec.file, cache_dir=cache_dir)
-        nodes: list[NodeRuntime] = []
         resources: dict[str, Any] = {}
-        for node in _topological(spec):
-            calc = registry.get(node.calculator)
-            options = next((o for o in node.options if isinstance(o, calc.options_types)), None)
-            runtime = NodeRuntime(node, calc, options)
-            if calc.resources_port is not None:
-                try:
-                    value = calc.create_resources(node, options, ctx)
-                except ConfigError as exc:
-                    for r in resources.values():
-                        _close_quietly(r)
-                    raise ConfigError([_locate(spec, node, p) for p in exc.problems]) from exc
-                except Exception as exc:
-                    for r in resources.values():
-                        _close_quietly(r)
-                    log.exception("loading node %s of graph %s failed", node.label, name)
-                    raise ConfigError(spec.problem(f"failed to build resources: {type(exc).__name__}: {exc}",
-                                                   node=node)) from exc
-                resources[node.name or node.label] = value
-                for ref in node.input_side_packets:
-                    if ref.tag == calc.resources_port:
-                        runtime.side_packets[ref.key] = value
-            nodes.append(runtime)
+        nodes = [_load_node(spec, node, registry.get(node.calculator), ctx, resources)
+                 for node in _topological(spec)]
         return cls(name, spec, nodes, ctx, resources)
 
     def close(self) -> None:
@@ -137,45 +112,17 @@ class Graph:
         from the graph outputs in order. Raises a RequestError subclass when a node fails.
         Abandoning the iterator cancels the request and still closes every opened node."""
         loop = asyncio.get_running_loop()
-        subscribers: dict[str, list[asyncio.Queue[Any]]] = {}
-        node_queues: dict[int, dict[str, asyncio.Queue[Any]]] = {}
-        for rt in self.nodes:
-            node_queues[rt.spec.index] = {}
-            for ref in rt.spec.input_streams:
-                q: asyncio.Queue[Any] = asyncio.Queue()
-                node_queues[rt.spec.index][ref.key] = q
-                subscribers.setdefault(ref.name, []).append(q)
-        outbox: asyncio.Queue[Any] = asyncio.Queue()
-        for stream in self.output_streams:
-            subscribers.setdefault(stream, []).append(outbox)
-
-        def publish(stream: str, item: Any) -> None:
-            for q in subscribers.get(stream, ()):
-                q.put_nowait((stream, item) if q is outbox else item)
-
-        tasks = [asyncio.ensure_future(self._run_node(rt, node_queues[rt.spec.index], publish, request,
-                                                       executor, loop)) for rt in self.nodes]
-        failure: asyncio.Future[BaseException] = loop.create_future()
-
-        def on_done(task: asyncio.Task[None]) -> None:
-            if not task.cancelled() and task.exception() is not None and not failure.done():
-                failure.set_result(task.exception())  # type: ignore[arg-type]
-                outbox.put_nowait(None)
-
+        wiring = _Wiring(self.nodes, self.output_streams, loop)
+        tasks = [asyncio.ensure_future(self._run_node(rt, wiring.node_queues[rt.spec.index], wiring.publish,
+                                                       request, executor, loop)) for rt in self.nodes]
         for t in tasks:
-            t.add_done_callback(on_done)
-        for key, value in inputs.items():
-            input_stream = self.input_streams.get(key)
-            if input_stream is None:
-                raise ValueError(f"graph {self.name} has no input stream tagged {key}")
-            publish(input_stream, (0, value))
-        for input_stream in self.input_streams.values():
-            publish(input_stream, _END)
+            t.add_done_callback(wiring.on_done)
+        self._feed(inputs, wiring.publish)
 
         open_outputs = set(self.output_streams)
         try:
             while open_outputs:
-                item = await outbox.get()
+                item = await wiring.outbox.get()
                 if item is None:
                     break
                 stream, payload = item
@@ -183,12 +130,22 @@ class Graph:
                     open_outputs.discard(stream)
                     continue
                 yield self.output_streams[stream], payload[1]
-            if failure.done():
-                raise _typed(failure.result(), request)
+            if wiring.failure.done():
+                raise _typed(wiring.failure.result(), request)
         finally:
-            if open_outputs or failure.done():
+            if open_outputs or wiring.failure.done():
                 request.cancel()
             await asyncio.shield(asyncio.gather(*tasks, return_exceptions=True))
+
+    def _feed(self, inputs: Mapping[str, Any], publish: Callable[[str, Any], None]) -> None:
+        """Publish one packet per graph input, then end every graph input stream."""
+        for key, value in inputs.items():
+            input_stream = self.input_streams.get(key)
+            if input_stream is None:
+                raise ValueError(f"graph {self.name} has no input stream tagged {key}")
+            publish(input_stream, (0, value))
+        for input_stream in self.input_streams.values():
+            publish(input_stream, _END)
 
     async def _run_node(self, rt: NodeRuntime, inputs: dict[str, asyncio.Queue[Any]],
                         publish: Callable[[str, Any], None], request: RequestContext,
@@ -250,6 +207,37 @@ class Graph:
                     await asyncio.shield(call(calc.close))
                 except Exception:
                     log.exception('close() of node "%s" failed', cc.node.label)
+
+
+class _Wiring:
+    """One request's streams: a queue per node input, the graph's outbox (``(stream, item)`` pairs, None
+    once a node failed) and the first node failure."""
+
+    def __init__(self, nodes: list[NodeRuntime], output_streams: Mapping[str, str],
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.subscribers: dict[str, list[asyncio.Queue[Any]]] = {}
+        self.node_queues: dict[int, dict[str, asyncio.Queue[Any]]] = {}
+        for rt in nodes:
+            self.node_queues[rt.spec.index] = {}
+            for ref in rt.spec.input_streams:
+                q: asyncio.Queue[Any] = asyncio.Queue()
+                self.node_queues[rt.spec.index][ref.key] = q
+                self.subscribers.setdefault(ref.name, []).append(q)
+        self.outbox: asyncio.Queue[Any] = asyncio.Queue()
+        for stream in output_streams:
+            self.subscribers.setdefault(stream, []).append(self.outbox)
+        self.failure: asyncio.Future[BaseException] = loop.create_future()
+
+    def publish(self, stream: str, item: Any) -> None:
+        """Hand ``item`` to every queue that receives ``stream``."""
+        for q in self.subscribers.get(stream, ()):
+            q.put_nowait((stream, item) if q is self.outbox else item)
+
+    def on_done(self, task: asyncio.Task[None]) -> None:
+        """A node task's done callback: the first failure is kept and wakes the outbox."""
+        if not task.cancelled() and task.exception() is not None and not self.failure.done():
+            self.failure.set_result(task.exception())  # type: ignore[arg-type]
+            self.outbox.put_nowait(None)
 
 
 class _Inbox:
@@ -329,6 +317,57 @@ def _run_sync(calc: Calculator, cc: CalculatorContext, inbox: _Inbox, request: R
             calc.close(cc)
         except Exception:
             log.exception('close() of node "%s" failed', cc.node.label)
+
+
+def _load_node(spec: GraphSpec, node: NodeSpec, calc: type[Calculator], ctx: LoadContext,
+               resources: dict[str, Any]) -> NodeRuntime:
+    """``node`` ready to serve. A node with a resources port gets its resources built, kept in
+    ``resources`` under its name and handed to that port; when they cannot be built, every resource
+    built so far is closed and ConfigError names the node."""
+    options = next((o for o in node.options if isinstance(o, calc.options_types)), None)
+    runtime = NodeRuntime(node, calc, options)
+    if calc.resources_port is None:
+        return runtime
+    value = _create_resources(spec, node, calc, options, ctx, resources)
+    resources[node.name or node.label] = value
+    runtime.side_packets.update({ref.key: value for ref in node.input_side_packets
+                                 if ref.tag == calc.resources_port})
+    return runtime
+
+
+def _create_resources(spec: GraphSpec, node: NodeSpec, calc: type[Calculator], options: Message | None,
+                      ctx: LoadContext, built: dict[str, Any]) -> Any:
+    """``calc.create_resources``; on failure closes ``built`` and raises ConfigError located at ``node``."""
+    try:
+        return calc.create_resources(node, options, ctx)
+    except ConfigError as exc:
+        _close_all(built)
+        raise ConfigError([_locate(spec, node, p) for p in exc.problems]) from exc
+    except Exception as exc:
+        _close_all(built)
+        log.exception("loading node %s of graph %s failed", node.label, ctx.graph_name)
+        raise ConfigError(spec.problem(f"failed to build resources: {type(exc).__name__}: {exc}",
+                                       node=node)) from exc
+
+
+def _close_all(resources: dict[str, Any]) -> None:
+    for value in resources.values():
+        _close_quietly(value)
+
+
+def _concurrency(resources: Iterable[Any]) -> int | None:
+    """The smallest positive concurrency limit any resource declares, None when none does."""
+    limits = [r.concurrency for r in resources if isinstance(r, ConcurrencyLimited)]
+    ints = [c for c in limits if isinstance(c, int) and c > 0]
+    return min(ints) if ints else None
+
+
+def _memory_estimate(resources: Iterable[Any]) -> int | None:
+    """The sum of the memory estimates resources declare, None when none does."""
+    estimates = [r.memory_estimate for r in resources if isinstance(r, MemoryEstimated)]
+    known = [e for e in estimates if isinstance(e, int)]
+    return sum(known) if known else None
+
 
 def _typed(exc: BaseException, request: RequestContext) -> RequestError:
     if isinstance(exc, RequestError):
