@@ -21,7 +21,7 @@ from ovms_graph.commands import GraphSource
 from ovms_graph.config import load_config
 from ovms_graph.errors import CommandError, ConfigError
 from ovms_graph.server import SERVING, create_app
-from ovms_graph.serving import State
+from ovms_graph.serving import Serving, State
 from ovms_graph.settings import ServerOptions, configure_logging
 
 log = logging.getLogger("ovms_graph.server")
@@ -79,16 +79,9 @@ async def _serve(app: web.Application, options: ServerOptions) -> int:
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=options.shutdown_timeout,
                            access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, options.rest_bind_address, options.rest_port)
-    try:
-        await site.start()
-    except OSError as exc:
-        print(f"error: cannot listen on {options.rest_bind_address}:{options.rest_port}: "
-              f"{exc.strerror or exc}", file=sys.stderr)
+    if not await _listen(runner, options):
         await runner.cleanup()
         return 1
-    for address in runner.addresses:
-        log.info("listening on http://%s:%s", *address[:2])
     loop = asyncio.get_running_loop()
     signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -97,16 +90,7 @@ async def _serve(app: web.Application, options: ServerOptions) -> int:
     stopping = asyncio.create_task(signals.get())
     loading = asyncio.create_task(serving.wait_loaded())
     await asyncio.wait({stopping, loading}, return_when=asyncio.FIRST_COMPLETED)
-    status = 0
-    if serving.state is State.FAILED and serving.error is not None:
-        _print_problems(serving.error)
-        print("error: the models failed to load; exiting", file=sys.stderr)
-        status = 1 if serving.internal_error else 2
-    else:
-        received = await stopping
-        if received is signal.SIGTERM and options.drain_delay > 0 and serving.enter_lame_duck():
-            await _lame_duck(signals, options.drain_delay)
-        log.info("signal received: readiness off, draining for up to %.1f s", options.shutdown_timeout)
+    status = await _until_stopped(serving, signals, stopping, options)
     serving.begin_shutdown()
     await runner.cleanup()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -115,3 +99,32 @@ async def _serve(app: web.Application, options: ServerOptions) -> int:
     loading.cancel()
     log.info("stopped")
     return status
+
+
+async def _listen(runner: web.AppRunner, options: ServerOptions) -> bool:
+    """Whether the server now listens on ``--rest_bind_address:--rest_port``; the reason is printed when not."""
+    site = web.TCPSite(runner, options.rest_bind_address, options.rest_port)
+    try:
+        await site.start()
+    except OSError as exc:
+        print(f"error: cannot listen on {options.rest_bind_address}:{options.rest_port}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return False
+    for address in runner.addresses:
+        log.info("listening on http://%s:%s", *address[:2])
+    return True
+
+
+async def _until_stopped(serving: Serving, signals: asyncio.Queue[signal.Signals],
+                         stopping: asyncio.Task[signal.Signals], options: ServerOptions) -> int:
+    """The exit status, once the server should stop: 1 or 2 right away when the graphs failed to load
+    (every problem printed), else 0 after a stop signal (and the lame duck a first SIGTERM starts)."""
+    if serving.state is State.FAILED and serving.error is not None:
+        _print_problems(serving.error)
+        print("error: the models failed to load; exiting", file=sys.stderr)
+        return 1 if serving.internal_error else 2
+    received = await stopping
+    if received is signal.SIGTERM and options.drain_delay > 0 and serving.enter_lame_duck():
+        await _lame_duck(signals, options.drain_delay)
+    log.info("signal received: readiness off, draining for up to %.1f s", options.shutdown_timeout)
+    return 0

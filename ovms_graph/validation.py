@@ -73,39 +73,63 @@ def _refused_fields(spec: GraphSpec) -> list[Problem]:
     return problems
 
 
+@dataclass(frozen=True)
+class _PortGroup:
+    """One kind of a node's connections (e.g. its ``input_stream`` fields) and the ports declared for it."""
+
+    field: str
+    refs: list[StreamRef]
+    ports: tuple[Port, ...]
+
+
 def _port_problems(spec: GraphSpec, node: NodeSpec, calc: type[Calculator]) -> list[Problem]:
-    problems: list[Problem] = []
-    groups: list[tuple[str, list[StreamRef], tuple[Port, ...]]] = [
-        ("input_stream", node.input_streams, calc.inputs),
-        ("output_stream", node.output_streams, calc.outputs),
-        ("input_side_packet", node.input_side_packets, calc.input_side_packets),
-        ("output_side_packet", node.output_side_packets, calc.output_side_packets),
+    """The node's streams and side packets against the calculator's declared ports, one group at a
+    time: first what is connected, then what is required but not connected."""
+    groups = [
+        _PortGroup("input_stream", node.input_streams, calc.inputs),
+        _PortGroup("output_stream", node.output_streams, calc.outputs),
+        _PortGroup("input_side_packet", node.input_side_packets, calc.input_side_packets),
+        _PortGroup("output_side_packet", node.output_side_packets, calc.output_side_packets),
     ]
-    for fld, refs, ports in groups:
-        declared = {p.tag: p for p in ports}
-        seen: set[str] = set()
-        for ref in refs:
-            port = declared.get(ref.tag)
-            if port is None:
-                allowed = ", ".join(sorted(declared)) or "none"
-                shown = ref.tag or "(no tag)"
-                problems.append(spec.problem(
-                    f'unknown tag {shown} in "{ref.raw}"; {calc.registry_name()} declares: {allowed}',
-                    node=node, field=fld))
-                continue
-            if ref.key in seen:
-                problems.append(spec.problem(f'port {ref.key} is connected twice', node=node, field=fld))
-            seen.add(ref.key)
-            if port.exact_name is not None and ref.name != port.exact_name:
-                problems.append(spec.problem(
-                    f'expected "{port.tag}:{port.exact_name}" exactly, got "{ref.raw}"', node=node, field=fld))
-        for port in ports:
-            if port.required and fld not in node.malformed and port.tag not in {r.tag for r in refs}:
-                example = f"{port.tag}:{port.exact_name or port.tag.lower()}"
-                problems.append(spec.problem(
-                    f'required port {port.tag} ({port.description}) is not connected; add {fld}: "{example}"',
-                    node=node, field=fld))
+    problems: list[Problem] = []
+    for group in groups:
+        problems += _connection_problems(spec, node, calc, group)
+        problems += _unconnected_problems(spec, node, group)
     return problems
+
+
+def _connection_problems(spec: GraphSpec, node: NodeSpec, calc: type[Calculator], group: _PortGroup
+                         ) -> list[Problem]:
+    """Each connection names a declared tag, connects its port once and uses the port's exact name."""
+    declared = {p.tag: p for p in group.ports}
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for ref in group.refs:
+        port = declared.get(ref.tag)
+        if port is None:
+            allowed = ", ".join(sorted(declared)) or "none"
+            problems.append(spec.problem(
+                f'unknown tag {ref.tag or "(no tag)"} in "{ref.raw}"; {calc.registry_name()} declares: {allowed}',
+                node=node, field=group.field))
+            continue
+        if ref.key in seen:
+            problems.append(spec.problem(f'port {ref.key} is connected twice', node=node, field=group.field))
+        seen.add(ref.key)
+        if port.exact_name is not None and ref.name != port.exact_name:
+            problems.append(spec.problem(
+                f'expected "{port.tag}:{port.exact_name}" exactly, got "{ref.raw}"', node=node, field=group.field))
+    return problems
+
+
+def _unconnected_problems(spec: GraphSpec, node: NodeSpec, group: _PortGroup) -> list[Problem]:
+    """Every required port is connected (not reported when the field held a malformed reference)."""
+    if group.field in node.malformed:
+        return []
+    connected = {r.tag for r in group.refs}
+    return [spec.problem(f'required port {port.tag} ({port.description}) is not connected; '
+                         f'add {group.field}: "{port.tag}:{port.exact_name or port.tag.lower()}"',
+                         node=node, field=group.field)
+            for port in group.ports if port.required and port.tag not in connected]
 
 
 def _cycle(spec: GraphSpec, producers: dict[str, int]) -> list[int] | None:
