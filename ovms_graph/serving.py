@@ -276,31 +276,38 @@ class Serving:
         calculators gave a hint for, is 400 naming what to use.
         """
         if model is None:
-            if len(self.slots) != 1:
-                raise BadRequest("model field is missing", param="model")
+            return self._only_graph()
+        name = self.names.get(model)
+        if name is not None:
+            return self.slots[name.graph], name.id
+        raise self._unroutable(model)
+
+    def _only_graph(self) -> tuple[GraphSlot, str]:
+        """The only graph under its only routable name; 400 when there is no single one to choose."""
+        if len(self.slots) == 1:
             slot = next(iter(self.slots.values()))
             own = [n.id for n in self.names.values() if n.graph == slot.name]
             if slot.graph.base_routable:
                 return slot, slot.name
             if len(own) == 1:
                 return slot, own[0]
-            raise BadRequest("model field is missing", param="model")
-        name = self.names.get(model)
-        if name is not None:
-            return self.slots[name.graph], name.id
-        hidden = self.slots.get(model)
-        if hidden is not None:
+        raise BadRequest("model field is missing", param="model")
+
+    def _unroutable(self, model: str) -> RequestError:
+        """Why no routable name is ``model``: a graph hidden by its calculators or a reserved name with a
+        hint (400 naming what to use), else an unknown name (404)."""
+        if model in self.slots:
             aliases = [f'"{n.id}"' for n in self.names.values() if n.graph == model]
             choice = aliases[0] if len(aliases) == 1 else "one of " + ", ".join(aliases)
-            raise BadRequest(f'model "{model}" cannot be used directly: its adapters are compiled in; '
-                             f"use {choice}", param="model", code="model_not_routable")
+            return BadRequest(f'model "{model}" cannot be used directly: its adapters are compiled in; '
+                              f"use {choice}", param="model", code="model_not_routable")
         hint = self.hints.get(model)
         if hint is not None:
-            raise BadRequest(f'model "{model}" cannot be used directly: {hint}', param="model",
-                             code="model_not_routable")
+            return BadRequest(f'model "{model}" cannot be used directly: {hint}', param="model",
+                              code="model_not_routable")
         shown = model if len(model) <= 200 else model[:200] + "..."
-        raise NotFound(f'model "{shown}" does not exist; GET /v3/models lists the models served here',
-                       param="model", code="model_not_found")
+        return NotFound(f'model "{shown}" does not exist; GET /v3/models lists the models served here',
+                        param="model", code="model_not_found")
 
     async def execute(self, slot: GraphSlot, inputs: dict[str, Any], ctx: RequestContext
                       ) -> AsyncGenerator[Any, None]:
