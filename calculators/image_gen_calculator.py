@@ -138,6 +138,38 @@ def _device_issues(settings: NodeSettings) -> list[NodeIssue]:
                       field="node_options.device") for d in missing]
 
 
+def _config_error(issues: list[NodeIssue]) -> ConfigError:
+    return ConfigError([Problem(i.message, field=i.field) for i in issues])
+
+
+def _loadable_model(options: ImageGenCalculatorOptions | None, ctx: LoadContext) -> tuple[NodeSettings, ModelInfo]:
+    """The node's settings and model, on devices this machine has; ConfigError otherwise."""
+    settings, issues = parse_options(options, ctx)
+    if settings is None or options is None:
+        raise _config_error(issues)
+    try:
+        info = read_model_info(settings.models_path)
+    except ValueError as exc:
+        raise ConfigError(Problem(str(exc), field="node_options.models_path")) from exc
+    # Checked here rather than in check_options: `validate` may run on a machine without the
+    # accelerator the graph is written for; loading may not.
+    missing = _device_issues(settings)
+    if missing:
+        raise _config_error(missing)
+    return settings, info
+
+
+def _build_resources(node: str, settings: NodeSettings, info: ModelInfo, lora: LoraPlan, ctx: LoadContext
+                     ) -> ImageGenResources:
+    """build_resources, its failures as ConfigError naming the field to change."""
+    try:
+        return build_resources(node, settings, info, lora, cache_dir=ctx.cache_dir)
+    except InsufficientMemory as exc:
+        raise ConfigError(Problem(str(exc), field="node_options.plugin_config")) from exc
+    except RuntimeError as exc:
+        raise ConfigError(Problem(str(exc), field="node_options.models_path")) from exc
+
+
 def _response_body(request: ImageRequest, encoded: list[str]) -> dict[str, Any]:
     """The non-streamed answer: what a gpt-image response carries and this server knows, plus
     the seed that reproduces the images."""
@@ -204,25 +236,9 @@ class ImageGenCalculator(Calculator):
     def create_resources(cls, node: NodeSpec, options: Message | None, ctx: LoadContext) -> ImageGenResources:
         """Read the model type, build the pool of pipeline sets, register LoRA aliases."""
         typed = options if isinstance(options, ImageGenCalculatorOptions) else None
-        settings, issues = parse_options(typed, ctx)
-        if settings is None or typed is None:
-            raise ConfigError([Problem(i.message, field=i.field) for i in issues])
-        try:
-            info = read_model_info(settings.models_path)
-        except ValueError as exc:
-            raise ConfigError(Problem(str(exc), field="node_options.models_path")) from exc
-        # Checked here rather than in check_options: `validate` may run on a machine without the
-        # accelerator the graph is written for; loading may not.
-        missing = _device_issues(settings)
-        if missing:
-            raise ConfigError([Problem(i.message, field=i.field) for i in missing])
+        settings, info = _loadable_model(typed, ctx)
         lora = LoraPlan.from_options(typed, ctx)
-        try:
-            resources = build_resources(node.name or node.label, settings, info, lora, cache_dir=ctx.cache_dir)
-        except InsufficientMemory as exc:
-            raise ConfigError(Problem(str(exc), field="node_options.plugin_config")) from exc
-        except RuntimeError as exc:
-            raise ConfigError(Problem(str(exc), field="node_options.models_path")) from exc
+        resources = _build_resources(node.name or node.label, settings, info, lora, ctx)
         lora.register_routes(ctx)
         return resources
 

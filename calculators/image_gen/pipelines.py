@@ -293,45 +293,74 @@ def build_resources(node: str, settings: NodeSettings, info: ModelInfo, lora: Lo
                     cache_dir: Path | None = None) -> ImageGenResources:
     """Load, reshape and compile ``settings.num_streams`` pipeline sets, with compiled models cached in
     ``cache_dir`` unless plugin_config sets CACHE_DIR. Raises RuntimeError naming every task's
-    failure when no pipeline at all can be built."""
+    failure when no pipeline at all can be built.
+
+    Stages: memory check, pipeline sets, model defaults, warm-up, load log."""
     sets = settings.num_streams
     # FUSE adapters combined with switchable ones are merged into a copy of the model (see LoraPlan).
     settings = dataclasses.replace(settings, models_path=lora.model_dir(settings.models_path))
     properties = compile_properties(settings, sets, cache_dir=cache_dir)
-    memory = MemoryEstimate.for_model(sets, settings.models_path, properties)
+    memory = _check_memory(node, settings, properties)
+    builder = PipelineBuilder(settings, properties, lora.compile_kwargs, derive=info.family in DERIVABLE)
+    started = time.monotonic()
+    all_sets = _build_sets(builder, settings)
+    first = all_sets[0]
+    tasks = frozenset(first.pipelines)
+    refused = {t: r for t, r in builder.refused.items() if t not in tasks}
+    defaults = model_defaults(first)
+    warm_up(node, all_sets, settings, info, lora)
+    settings = _with_model_default_steps(settings, info, defaults)
+    _log_loaded(node, settings, info, tasks, refused, properties.get("CACHE_DIR"), started)
+    return ImageGenResources(node=node, settings=settings, info=info, defaults=defaults,
+                             pool=PipelinePool(all_sets), lora=lora, tasks=tasks, refused=refused,
+                             memory=memory)
+
+
+def _check_memory(node: str, settings: NodeSettings, properties: Mapping[str, Any]) -> MemoryEstimate:
+    """What the node's pipeline sets will hold, logged; InsufficientMemory when it does not fit."""
+    memory = MemoryEstimate.for_model(settings.num_streams, settings.models_path, properties)
     available = available_bytes()
     log.info('node "%s": memory: %s = about %.2f GiB; %s available', node, memory.describe(), memory.total / 2**30,
              f"{available / 2**30:.2f} GiB" if available is not None else "unknown")
     refusal = memory.refusal(available)
     if refusal is not None:
         raise InsufficientMemory(refusal)
-    builder = PipelineBuilder(settings, properties, lora.compile_kwargs, derive=info.family in DERIVABLE)
-    started = time.monotonic()
+    return memory
+
+
+def _build_sets(builder: PipelineBuilder, settings: NodeSettings) -> list[PipelineSet]:
+    """``settings.num_streams`` sets, each with the tasks of the first; RuntimeError when the first has
+    none or a later one differs."""
     first = builder.build(0)
     if not first.pipelines:
         reasons = "; ".join(f"{t.value}: {r}" for t, r in builder.refused.items())
         raise RuntimeError(f"no pipeline could be built from {settings.models_path} ({reasons})")
     all_sets = [first]
     tasks = frozenset(first.pipelines)
-    for index in range(1, sets):
+    for index in range(1, settings.num_streams):
         more = builder.build(index)
         if frozenset(more.pipelines) != tasks:
             raise RuntimeError(f"pipeline set {index} could not build the same tasks as set 0 "
                                f"({sorted(t.value for t in more.pipelines)} vs {sorted(t.value for t in tasks)})")
         all_sets.append(more)
-    refused = {t: r for t, r in builder.refused.items() if t not in tasks}
-    defaults = model_defaults(first)
-    warm_up(node, all_sets, settings, info, lora)
+    return all_sets
+
+
+def _with_model_default_steps(settings: NodeSettings, info: ModelInfo, defaults: ModelDefaults) -> NodeSettings:
+    """Families whose step count is the model's own (see MODEL_DEFAULT_STEPS) default to it, within the
+    node's maximum, unless the node sets default_num_inference_steps."""
     if info.family in MODEL_DEFAULT_STEPS and not settings.default_steps_given:
         steps = min(defaults.num_inference_steps, settings.max_num_inference_steps)
-        settings = dataclasses.replace(settings, default_num_inference_steps=steps)
+        return dataclasses.replace(settings, default_num_inference_steps=steps)
+    return settings
+
+
+def _log_loaded(node: str, settings: NodeSettings, info: ModelInfo, tasks: frozenset[Task],
+                refused: Mapping[Task, str], cache: Any, started: float) -> None:
+    """One INFO line: what was loaded, where, with which tasks, and how long it took since ``started``."""
     shapes = (f"static {settings.static_resolutions[0]}" if settings.reshaped else "dynamic shapes")
-    cache = properties.get("CACHE_DIR")
     log.info('node "%s": %s pipeline from %s; %d pipeline set(s) on %s, %s; tasks: %s%s; %s; loaded in %.1f s',
-             node, info.label, settings.models_path, sets, " ".join(settings.devices), shapes,
+             node, info.label, settings.models_path, settings.num_streams, " ".join(settings.devices), shapes,
              ", ".join(t.value for t in Task if t in tasks),
              "".join(f"; {t.value} unavailable ({r})" for t, r in refused.items()),
              f"compiled models cached in {cache}" if cache else "no model cache", time.monotonic() - started)
-    return ImageGenResources(node=node, settings=settings, info=info, defaults=defaults,
-                             pool=PipelinePool(all_sets), lora=lora, tasks=tasks, refused=refused,
-                             memory=memory)
