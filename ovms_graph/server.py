@@ -183,18 +183,28 @@ async def _access_middleware(request: web.Request, handler: Handler) -> web.Stre
         raise
     finally:
         seconds = time.monotonic() - started
-        graph = request.get(GRAPH, "")
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
-        if request.path != "/metrics":
-            request.app[METRICS].observe_request(graph, route, status, seconds)
-        if status == CLIENT_GONE and graph:
-            request.app[METRICS].cancellations.labels(graph).inc()
-        level = logging.DEBUG if request.path.startswith(("/v2/health", "/metrics")) else logging.INFO
-        ctx = request.get(CONTEXT)
-        end_user = f" user={json.dumps(ctx.end_user)}" if ctx is not None and ctx.end_user is not None else ""
-        access_log.log(level, "request %s %s %s graph=%s status=%d duration=%.3fs%s", request_id, request.method,
-                       request.path, graph or "-", status, seconds, end_user)
+        _observe(request, status, seconds)
+        _log_access(request, status, seconds)
+
+
+def _observe(request: web.Request, status: int, seconds: float) -> None:
+    """The request metrics (``/metrics`` itself is not counted) and the cancellation counter."""
+    graph = request.get(GRAPH, "")
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    if request.path != "/metrics":
+        request.app[METRICS].observe_request(graph, route, status, seconds)
+    if status == CLIENT_GONE and graph:
+        request.app[METRICS].cancellations.labels(graph).inc()
+
+
+def _log_access(request: web.Request, status: int, seconds: float) -> None:
+    """The request's one access log line (DEBUG for health checks and scrapes)."""
+    level = logging.DEBUG if request.path.startswith(("/v2/health", "/metrics")) else logging.INFO
+    ctx = request.get(CONTEXT)
+    end_user = f" user={json.dumps(ctx.end_user)}" if ctx is not None and ctx.end_user is not None else ""
+    access_log.log(level, "request %s %s %s graph=%s status=%d duration=%.3fs%s", request[REQUEST_ID],
+                   request.method, request.path, request.get(GRAPH, "") or "-", status, seconds, end_user)
 
 
 @web.middleware
@@ -334,43 +344,61 @@ async def _images(request: web.Request, route: str) -> web.StreamResponse:
 
 async def _respond(request: web.Request, packets: AsyncIterator[Any], ctx: RequestContext) -> web.StreamResponse:
     """One HttpResponse becomes the response; ServerSentEvents become a text/event-stream."""
-    stream: web.StreamResponse | None = None
-    single: HttpResponse | None = None
+    answer = _Answer(request, ctx)
     try:
         async for packet in packets:
-            if isinstance(packet, ServerSentEvent) and single is None:
-                if stream is None:
-                    stream = web.StreamResponse(headers={
-                        "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                        "x-request-id": request[REQUEST_ID]})
-                    await stream.prepare(request)
-                await stream.write(packet.encode())
-            elif isinstance(packet, HttpResponse) and single is None and stream is None:
-                single = packet
-            else:
-                log.warning("request %s: graph answered with an extra %s packet; ignored", ctx.request_id,
-                            type(packet).__name__)
+            await answer.take(packet)
     except RequestError as exc:
-        if stream is None:
+        if answer.stream is None:
             raise
         request[OUTCOME] = error_kind(exc).status
         log.warning("request %s failed after streaming began: %s", ctx.request_id, exc.message)
-        await stream.write(ServerSentEvent(json.dumps(error_body(exc)), event="error").encode())
+        await answer.stream.write(ServerSentEvent(json.dumps(error_body(exc)), event="error").encode())
     except ConnectionResetError:
         ctx.cancel()
         request[OUTCOME] = CLIENT_GONE
         log.info("request %s: client went away while streaming", ctx.request_id)
-        assert stream is not None
-        return stream
-    if stream is not None:
-        await stream.write_eof()
-        return stream
-    if single is None:
-        log.error("request %s: graph produced nothing on HTTP_RESPONSE_PAYLOAD", ctx.request_id)
-        raise GenerationError(f"the model produced no response (request {ctx.request_id})")
-    response = web.Response(body=single.body, status=single.status)
-    response.headers["Content-Type"] = single.content_type
-    return response
+        assert answer.stream is not None
+        return answer.stream
+    return await answer.finish()
+
+
+class _Answer:
+    """What a graph answered so far: the one HttpResponse it sent, or the event stream already begun."""
+
+    def __init__(self, request: web.Request, ctx: RequestContext) -> None:
+        self.request = request
+        self.ctx = ctx
+        self.stream: web.StreamResponse | None = None
+        self.single: HttpResponse | None = None
+
+    async def take(self, packet: Any) -> None:
+        """Write an event (the first one starts the stream) or keep the first HttpResponse; any other
+        packet, or one of the other kind, is logged and ignored."""
+        if isinstance(packet, ServerSentEvent) and self.single is None:
+            if self.stream is None:
+                self.stream = web.StreamResponse(headers={
+                    "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                    "x-request-id": self.request[REQUEST_ID]})
+                await self.stream.prepare(self.request)
+            await self.stream.write(packet.encode())
+        elif isinstance(packet, HttpResponse) and self.single is None and self.stream is None:
+            self.single = packet
+        else:
+            log.warning("request %s: graph answered with an extra %s packet; ignored", self.ctx.request_id,
+                        type(packet).__name__)
+
+    async def finish(self) -> web.StreamResponse:
+        """The ended stream, or the HttpResponse as a response; 500 when the graph answered nothing."""
+        if self.stream is not None:
+            await self.stream.write_eof()
+            return self.stream
+        if self.single is None:
+            log.error("request %s: graph produced nothing on HTTP_RESPONSE_PAYLOAD", self.ctx.request_id)
+            raise GenerationError(f"the model produced no response (request {self.ctx.request_id})")
+        response = web.Response(body=self.single.body, status=self.single.status)
+        response.headers["Content-Type"] = self.single.content_type
+        return response
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
