@@ -43,14 +43,7 @@ def decode_image(data: bytes, field: str, limit: Resolution, *, mode: str = "RGB
         raise BadRequest(f"{field} is empty", param=field)
     try:
         opened = Image.open(io.BytesIO(data))
-        size = Resolution(opened.width, opened.height)
-        if size.width <= 0 or size.height <= 0:
-            raise BadRequest(f"Image parsing failed: {field} has no pixels", param=field)
-        if not size.fits_in(limit):
-            raise BadRequest(f"{field} is {size}, which exceeds max_resolution {limit}", param=field)
-        bomb_limit = Image.MAX_IMAGE_PIXELS
-        if bomb_limit is not None and size.width * size.height > bomb_limit:
-            raise Image.DecompressionBombError(f"{size.width * size.height} pixels")
+        _check_header_size(opened, field, limit)
         opened.seek(0)
         opened.load()
         converted = ImageOps.exif_transpose(opened).convert(mode)
@@ -69,6 +62,18 @@ def decode_image(data: bytes, field: str, limit: Resolution, *, mode: str = "RGB
     if not final.fits_in(limit):  # EXIF rotation swapped the sides
         raise BadRequest(f"{field} is {final}, which exceeds max_resolution {limit}", param=field)
     return DecodedImage(converted)
+
+
+def _check_header_size(opened: Image.Image, field: str, limit: Resolution) -> None:
+    """The size in the header: some pixels, within ``limit``, and under Pillow's decompression-bomb guard."""
+    size = Resolution(opened.width, opened.height)
+    if size.width <= 0 or size.height <= 0:
+        raise BadRequest(f"Image parsing failed: {field} has no pixels", param=field)
+    if not size.fits_in(limit):
+        raise BadRequest(f"{field} is {size}, which exceeds max_resolution {limit}", param=field)
+    bomb_limit = Image.MAX_IMAGE_PIXELS
+    if bomb_limit is not None and size.width * size.height > bomb_limit:
+        raise Image.DecompressionBombError(f"{size.width * size.height} pixels")
 
 
 def _reason(exc: BaseException) -> str:

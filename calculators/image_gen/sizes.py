@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
+from typing import Any
 
 from calculators.image_gen.options import Resolution
 
@@ -41,23 +42,37 @@ def unet_latent_multiple(xml: Path) -> int | None:
 
 @functools.lru_cache(maxsize=64)
 def _probe(path: str, mtime_ns: int, size: int) -> int | None:
-    import openvino as ov  # type: ignore[import-untyped]
-
-    try:
-        model = ov.Core().read_model(path)
-    except Exception as exc:  # an unreadable IR: the caller falls back to the config's rule
-        log.warning("cannot read %s to find the sizes it accepts: %s", path, exc)
+    model = _read_model(path)
+    name = _sample_input(model) if model is not None else None
+    if name is None:
         return None
-    sample = next((p for p in model.inputs if "sample" in p.get_names()), None)
-    rank = sample.get_partial_shape().rank if sample is not None else None
-    if sample is None or rank is None or rank.is_dynamic or rank.get_length() != 4:
-        return None
-    name = sample.get_any_name()
     for multiple in LATENT_MULTIPLES:
         if all(_infers(model, name, multiple * h, multiple * w) for h, w in _PROBES):
             log.debug("%s accepts latents in multiples of %d", path, multiple)
             return multiple
     return None
+
+
+def _read_model(path: str) -> Any:
+    """The IR at ``path``, or None (logged) when OpenVINO cannot read it."""
+    import openvino as ov  # type: ignore[import-untyped]
+
+    try:
+        return ov.Core().read_model(path)
+    except Exception as exc:  # an unreadable IR: the caller falls back to the config's rule
+        log.warning("cannot read %s to find the sizes it accepts: %s", path, exc)
+        return None
+
+
+def _sample_input(model: Any) -> str | None:
+    """The name of the model's ``sample`` input, or None when it has none of static rank 4."""
+    sample = next((p for p in model.inputs if "sample" in p.get_names()), None)
+    if sample is None:
+        return None
+    rank = sample.get_partial_shape().rank
+    if rank.is_dynamic or rank.get_length() != 4:
+        return None
+    return str(sample.get_any_name())
 
 
 def _infers(model: object, name: str, height: int, width: int) -> bool:
