@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
 import zlib
 from dataclasses import dataclass
 
@@ -101,20 +102,60 @@ def mask_tensor_array(mask: Image.Image) -> np.ndarray:
 
 def encode_image(pixels: np.ndarray, output_format: str, compression: int | None) -> bytes:
     """One HxWx3 uint8 image as png, jpeg or webp bytes (``compression`` is the jpeg/webp quality).
-
-    PNG is written for speed (zlib level 1, run-length strategy): encoding sits on every request's
-    critical path, and this halves its cost on noisy images for files a few percent larger.
-    """
-    image = Image.fromarray(np.ascontiguousarray(pixels), "RGB")
-    buffer = io.BytesIO()
+    PNG is lossless: it decodes to exactly ``pixels``."""
     if output_format == "png":
-        image.save(buffer, "PNG", compress_level=1, compress_type=zlib.Z_RLE)
-    else:
-        quality = 100 if compression is None else compression
-        image.save(buffer, OUTPUT_FORMATS[output_format], quality=quality)
+        return encode_png(pixels)
+    buffer = io.BytesIO()
+    quality = 100 if compression is None else compression
+    Image.fromarray(np.ascontiguousarray(pixels), "RGB").save(buffer, OUTPUT_FORMATS[output_format], quality=quality)
     return buffer.getvalue()
 
 
-def encode_b64(pixels: np.ndarray, output_format: str, compression: int | None) -> str:
-    """``encode_image`` as base64 text, as the b64_json fields carry it."""
-    return base64.b64encode(encode_image(pixels, output_format, compression)).decode("ascii")
+def encode_png(pixels: np.ndarray) -> bytes:
+    """One HxWx3 uint8 image as an 8-bit RGB PNG (no metadata) that decodes to exactly ``pixels``.
+
+    Written here rather than with Pillow because encoding sits on every request's critical path and
+    Pillow spends most of its time choosing a filter for each row among all five. Each row gets the
+    one of None, Sub and Up with the smallest sum of absolute byte values (libpng's heuristic,
+    computed for the whole image at once), then zlib level 1 with the run-length strategy: a noisy
+    256x256 image encodes about 3 times faster than with Pillow at ``compress_level=1``, into a file
+    a few percent larger (up to a third larger for flat, synthetic images).
+    """
+    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+    height, width, channels = pixels.shape
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits, RGB, deflate, no interlace
+    deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
+    data = deflate.compress(_filtered_rows(pixels.reshape(height, width * channels), channels)) + deflate.flush()
+    return b"".join((_PNG_SIGNATURE, _png_chunk(b"IHDR", header), _png_chunk(b"IDAT", data),
+                     _png_chunk(b"IEND", b"")))
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+
+
+def _filtered_rows(rows: np.ndarray, channels: int) -> np.ndarray:
+    """PNG scanlines of ``rows`` (H x W*channels bytes): each row's filter type byte, then the row
+    filtered with None (0), Sub (1) or Up (2), whichever sums to the least absolute signed bytes."""
+    height, stride = rows.shape
+    candidates = np.empty((3, height, stride), np.uint8)
+    candidates[0] = rows
+    candidates[1, :, :channels] = rows[:, :channels]
+    np.subtract(rows[:, channels:], rows[:, :-channels], out=candidates[1, :, channels:])
+    candidates[2, 0] = rows[0]  # the row above the first is zeros
+    np.subtract(rows[1:], rows[:-1], out=candidates[2, 1:])
+    # |b as a signed byte| is min(b, 256 - b); uint8 negation wraps to 256 - b.
+    cost = np.minimum(candidates, np.negative(candidates)).sum(axis=2, dtype=np.uint32)
+    best = cost.argmin(axis=0)
+    scanlines = np.empty((height, stride + 1), np.uint8)
+    scanlines[:, 0] = best
+    scanlines[:, 1:] = candidates[best, np.arange(height)]
+    return scanlines
+
+
+def encode_b64(pixels: np.ndarray, output_format: str, compression: int | None) -> bytes:
+    """``encode_image`` as base64 (ASCII bytes), as the b64_json fields carry it."""
+    return base64.b64encode(encode_image(pixels, output_format, compression))

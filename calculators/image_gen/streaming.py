@@ -118,7 +118,7 @@ class StepCallback:
             return
         assert self._decode is not None and self._emit is not None and self._shape is not None
         pixels = self._decode(latent)
-        event = self._shape.partial(encode_b64(pixels[0], self._shape.output_format, self._shape.compression),
-                                    self.sent)
+        b64 = encode_b64(pixels[0], self._shape.output_format, self._shape.compression)
+        event = self._shape.partial(b64.decode("ascii"), self.sent)
         self.sent += 1
         self._emit(event)
