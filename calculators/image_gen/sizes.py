@@ -95,18 +95,24 @@ def size_problem(side: str, value: int, multiple: int) -> str | None:
     return f"{side} must be divisible by {multiple}, got {value}"
 
 
+def _side_candidates(value: int, multiple: int, most: int | None) -> list[int]:
+    """``value`` when it is a multiple within ``most``; else the multiples just below and above it
+    that fit; else the largest multiple within ``most``."""
+    def within(v: int) -> bool:
+        return most is None or v <= most
+
+    if value % multiple == 0 and within(value):
+        return [value]
+    down = value - value % multiple
+    found = [v for v in (down, down + multiple) if v > 0 and within(v)]
+    if not found and most is not None and most >= multiple:
+        found = [most - most % multiple]
+    return found
+
+
 def nearest_sizes(size: Resolution, multiple: int, limit: Resolution | None = None) -> list[Resolution]:
     """The sizes nearest to ``size`` whose sides are multiples of ``multiple`` (each side rounded down
     and up, a side that already fits kept), within ``limit`` when given; smallest first."""
-    def options(value: int, most: int | None) -> list[int]:
-        if value % multiple == 0 and (most is None or value <= most):
-            return [value]
-        down = value - value % multiple
-        found = [v for v in (down, down + multiple) if v > 0 and (most is None or v <= most)]
-        if not found and most is not None and most >= multiple:
-            found = [most - most % multiple]
-        return found
-
-    widths = options(size.width, limit.width if limit else None)
-    heights = options(size.height, limit.height if limit else None)
+    widths = _side_candidates(size.width, multiple, limit.width if limit else None)
+    heights = _side_candidates(size.height, multiple, limit.height if limit else None)
     return [Resolution(w, h) for w in widths for h in heights]

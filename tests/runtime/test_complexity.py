@@ -1,4 +1,5 @@
-"""No function above radon grade C (cyclomatic complexity over 20) in the listed paths (issue 13).
+"""No function above radon grade B (cyclomatic complexity over 10) in the listed paths (issue 13):
+``radon cc -s -n C ovms_graph calculators`` prints nothing.
 
 Table-driven: a path is a module or a package folder, relative to the repository root; widen the
 table as more of the house is brought under the limit.
@@ -15,7 +16,7 @@ from radon.visitors import Class, Function
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The highest grade allowed (radon: A 1-5, B 6-10, C 11-20, D 21-30, E 31-40, F 41+).
-WORST = "C"
+WORST = "B"
 PATHS = [
     "ovms_graph",
     "calculators",
@@ -42,7 +43,7 @@ def _files(path: str) -> list[Path]:
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_no_function_is_graded_worse_than_c(path: str) -> None:
+def test_no_function_is_graded_worse_than_b(path: str) -> None:
     files = _files(path)
     assert files, f"{path} holds no Python file: fix the table"
     found = [f"{file.relative_to(ROOT)}: {name}" for file in files
@@ -54,8 +55,8 @@ def test_the_check_sees_functions_methods_and_nested_functions() -> None:
     def branches(indent: str, count: int) -> str:
         return "".join(f"{indent}if x == {i}:\n{indent}    return {i}\n" for i in range(count))
 
-    source = (f"def plain(x):\n{branches('    ', 20)}"
-              f"def grade_c(x):\n{branches('    ', 19)}"
-              f"class K:\n    def method(self, x):\n{branches('        ', 20)}"
-              f"def outer():\n    def nested(x):\n{branches('        ', 20)}    return nested\n")
-    assert sorted(too_complex(source)) == ["K.method:82 D (21)", "nested:124 D (21)", "plain:1 D (21)"]
+    source = (f"def plain(x):\n{branches('    ', 10)}"
+              f"def grade_b(x):\n{branches('    ', 9)}"
+              f"class K:\n    def method(self, x):\n{branches('        ', 10)}"
+              f"def outer():\n    def nested(x):\n{branches('        ', 10)}    return nested\n")
+    assert sorted(too_complex(source)) == ["K.method:42 C (11)", "nested:64 C (11)", "plain:1 C (11)"]
