@@ -29,6 +29,7 @@ Example output::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Callable
@@ -37,21 +38,12 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from calculators.image_gen.option_table import BY_FIELD, DIRECT_FLAG_ROWS, FLAGS, OPTIONS, default, with_flag_fields
+from calculators.image_gen import option_rules
+from calculators.image_gen.option_rules import DEFAULT_MAX_RESOLUTION
+from calculators.image_gen.option_table import BY_FIELD, DIRECT_FLAG_ROWS, OPTIONS, with_flag_fields
 from calculators.protos.image_gen_calculator_pb2 import ImageGenCalculatorOptions, LoraLoadMode
 
-_RESOLUTION_RE = re.compile(r"^([0-9]+)x([0-9]+)$")
 _DEVICES = ("CPU", "GPU", "NPU")
-
-
-def _default_size(field: str) -> tuple[int, int]:
-    width, height = str(default(field)).split("x")
-    return int(width), int(height)
-
-
-DEFAULT_MAX_RESOLUTION = _default_size("max_resolution")
-DEFAULT_NUM_INFERENCE_STEPS: int = default("default_num_inference_steps")
-DEFAULT_MAX_NUM_INFERENCE_STEPS: int = default("max_num_inference_steps")
 
 
 @dataclass(frozen=True)
@@ -96,45 +88,36 @@ GraphFlags = with_flag_fields(_GraphFlags, """The flags that shape graph.pbtxt; 
     ``max_num_inference_steps``, ...), named like the proto field.""")
 
 
-def _resolution(flag: str, text: str, problems: list[str]) -> tuple[int, int] | None:
-    match = _RESOLUTION_RE.match(text)
-    if match is None:
-        problems.append(f'{flag}: expected WIDTHxHEIGHT (e.g. 512x512), got "{text}"')
-        return None
-    width, height = int(match.group(1)), int(match.group(2))
-    if width <= 0 or height <= 0:
-        problems.append(f'{flag}: expected WIDTHxHEIGHT with both values greater than 0, got "{text}"')
-        return None
-    if width % 8 or height % 8:
-        problems.append(f'{flag}: "{text}": width and height must be divisible by 8')
-        return None
-    return width, height
-
-
-def _fmt(size: tuple[int, int]) -> str:
-    return f"{size[0]}x{size[1]}"
-
-
-def _fits(size: tuple[int, int], limit: tuple[int, int]) -> bool:
-    return size[0] <= limit[0] and size[1] <= limit[1]
-
-
 def check_graph_flags(flags: GraphFlags) -> list[str]:
     """Every problem with ``flags`` (empty when they make a valid ImageGenCalculator node).
 
-    The rules are the calculator's load-time rules, phrased for the command line: one stage each,
-    each returning its problems; ranges and flag names come from the option table.
+    The rules are the calculator's (:mod:`calculators.image_gen.option_rules`), applied to the options
+    the flags would write and worded with the flags' names; ``--target_device`` and ``--num_streams``
+    have checks of their own shape.
     """
-    problems = _device_problems(flags) + _range_problems(flags)
-    max_resolution = DEFAULT_MAX_RESOLUTION
-    if flags.max_resolution is not None:
-        max_resolution = _resolution("--max_resolution", flags.max_resolution, problems) or max_resolution
-    static = _static_resolutions(flags, max_resolution, problems)
-    problems += _default_resolution_problems(flags, max_resolution, static)
-    problems += _static_only_problems(flags, static)
-    problems += _steps_problems(flags)
-    problems += _npu_problems(flags)
-    return problems
+    options = _given_options(flags)
+    device_problems = _device_problems(flags)
+    problems = device_problems + _range_problems(flags)
+    max_resolution, bad = option_rules.parse_size("max_resolution", options.max_resolution)
+    max_resolution = max_resolution or DEFAULT_MAX_RESOLUTION
+    static, static_problems = option_rules.static_resolutions(options, max_resolution)
+    devices = () if device_problems or flags.device is None else tuple(flags.device.split())
+    broken = (bad + static_problems + option_rules.default_resolution(options, max_resolution, static)[1]
+              + option_rules.static_only_options(options, static) + option_rules.steps(options)
+              + option_rules.npu_needs_one_static_resolution(options, devices, static))
+    return problems + [option_rules.flag_message(problem) for problem in broken]
+
+
+def _given_options(flags: GraphFlags) -> ImageGenCalculatorOptions:
+    """The option fields the flags set, as given (a value the field cannot hold is left out: its range
+    check names it)."""
+    options = ImageGenCalculatorOptions()
+    for row in DIRECT_FLAG_ROWS:
+        value = getattr(flags, row.field)
+        if value is not None:
+            with contextlib.suppress(ValueError, TypeError):
+                setattr(options, row.field, value)
+    return options
 
 
 def _device_problems(flags: GraphFlags) -> list[str]:
@@ -151,94 +134,11 @@ def _range_problems(flags: GraphFlags) -> list[str]:
     problems = []
     if flags.num_streams is not None and flags.num_streams <= 0:
         problems.append(f"--num_streams: must be greater than 0, got {flags.num_streams}")
-    for row in OPTIONS:
-        reason = row.range_problem(getattr(flags, row.field, None)) if row.flag is not None else None
+    for row in DIRECT_FLAG_ROWS:
+        reason = row.range_problem(getattr(flags, row.field))
         if reason is not None:
             problems.append(f"{row.flag}: {reason}")
     return problems
-
-
-def _static_resolutions(flags: GraphFlags, max_resolution: tuple[int, int], problems: list[str]
-                        ) -> list[tuple[int, int]]:
-    static: list[tuple[int, int]] = []
-    if flags.resolution is None:
-        return static
-    tokens = flags.resolution.split()
-    if not tokens:
-        problems.append("--resolution: expected one or more space-separated WIDTHxHEIGHT values, got an empty "
-                        "string")
-    for token in tokens:
-        size = _resolution("--resolution", token, problems)
-        if size is None:
-            continue
-        if size in static:
-            problems.append(f'--resolution: "{token}" is listed twice')
-            continue
-        if flags.max_resolution is not None and not _fits(size, max_resolution):
-            problems.append(f'--resolution: "{token}" exceeds --max_resolution {_fmt(max_resolution)}')
-        static.append(size)
-    return static
-
-
-def _default_resolution_problems(flags: GraphFlags, max_resolution: tuple[int, int],
-                                 static: list[tuple[int, int]]) -> list[str]:
-    problems: list[str] = []
-    if flags.default_resolution is None:
-        return problems
-    size = _resolution("--default_resolution", flags.default_resolution, problems)
-    if size is None:
-        return problems
-    if not _fits(size, max_resolution):
-        problems.append(f"--default_resolution: {_fmt(size)} exceeds the maximum resolution "
-                        f"{_fmt(max_resolution)} (--max_resolution)")
-    if static and size not in static:
-        listed = " ".join(_fmt(s) for s in static)
-        problems.append(f"--default_resolution: {_fmt(size)} is not one of the static resolutions "
-                        f"of --resolution ({listed})")
-    return problems
-
-
-def _static_only_problems(flags: GraphFlags, static: list[tuple[int, int]]) -> list[str]:
-    """Batch and guidance need one static --resolution; with one, the dynamic limits cannot be set."""
-    problems: list[str] = []
-    for field in ("num_images_per_prompt", "guidance_scale"):
-        if getattr(flags, field) is None:
-            continue
-        if flags.resolution is None:
-            problems.append(f"{FLAGS[field]}: needs a single static --resolution WIDTHxHEIGHT (it sets the "
-                            "reshaped model's batch and guidance)")
-        elif len(static) > 1:
-            problems.append(f"{FLAGS[field]}: cannot be used with several static resolutions (--resolution "
-                            f'"{flags.resolution}")')
-    if len(static) == 1:
-        for field in ("max_resolution", "max_num_images_per_prompt"):
-            if getattr(flags, field) is not None:
-                problems.append(f"{FLAGS[field]}: cannot be used with a single static --resolution (the models "
-                                f"are reshaped to {_fmt(static[0])})")
-    return problems
-
-
-def _steps_problems(flags: GraphFlags) -> list[str]:
-    """The default number of steps (given or the proto's) within the maximum (given or the proto's)."""
-    default_steps = flags.default_num_inference_steps or DEFAULT_NUM_INFERENCE_STEPS
-    max_steps = flags.max_num_inference_steps or DEFAULT_MAX_NUM_INFERENCE_STEPS
-    if default_steps <= max_steps:
-        return []
-    if flags.default_num_inference_steps is None:
-        return [f"--max_num_inference_steps: {max_steps} is below the default number of steps "
-                f"({default_steps}); set --default_num_inference_steps too"]
-    which = "--max_num_inference_steps" if flags.max_num_inference_steps else "the default maximum"
-    return [f"--default_num_inference_steps: {default_steps} exceeds {which} {max_steps}"]
-
-
-def _npu_problems(flags: GraphFlags) -> list[str]:
-    if not flags.uses_npu:
-        return []
-    if flags.resolution is None:
-        return ["--target_device: NPU requires a single static --resolution WIDTHxHEIGHT"]
-    if len(flags.resolution.split()) > 1:
-        return [f"--resolution: NPU requires exactly one static resolution, got {len(flags.resolution.split())}"]
-    return []
 
 
 # ----- rendering -----

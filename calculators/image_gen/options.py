@@ -3,8 +3,9 @@
 :func:`parse_options` turns a node's options into a frozen :class:`NodeSettings`, or into the list
 of every problem found (each naming its field, e.g. ``node_options.max_resolution``). It only
 looks at the filesystem (``models_path`` must exist); it never loads a model. Defaults and per-field
-ranges come from :mod:`calculators.image_gen.option_table`; the rules between fields are the small
-named functions below, one stage each, run in the order of the table.
+ranges come from :mod:`calculators.image_gen.option_table`; the rules between fields are those of
+:mod:`calculators.image_gen.option_rules` (the ``pull`` flags are checked with the same ones), worded
+here with field names. What only a node has (models_path, devices, plugin_config) is checked below.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from calculators.image_gen.option_table import MAX_RNG_SEED, OPTIONS, default, range_problem
+from calculators.image_gen import option_rules
+from calculators.image_gen.option_rules import Problem, Resolution, graph_reason, parse_size
+from calculators.image_gen.option_table import MAX_RNG_SEED
 from calculators.protos.image_gen_calculator_pb2 import ImageGenCalculatorOptions
 from ovms_graph.calculator import LoadContext, NodeIssue
 
@@ -35,34 +38,15 @@ __all__ = [
 #: Prefix of every field name this module reports; the runtime renders it after the node.
 FIELD_PREFIX = "node_options."
 
-_RESOLUTION_RE = re.compile(r"^([0-9]+)x([0-9]+)$")
 _NUMERIC_RE = re.compile(r"^[0-9]+$")
-
-
-@dataclass(frozen=True, order=True)
-class Resolution:
-    """A WIDTHxHEIGHT pair of positive pixel counts."""
-
-    width: int
-    height: int
-
-    def __str__(self) -> str:
-        return f"{self.width}x{self.height}"
-
-    def fits_in(self, limit: Resolution) -> bool:
-        """Whether both sides are within ``limit``."""
-        return self.width <= limit.width and self.height <= limit.height
 
 
 def parse_resolution(text: str) -> Resolution:
     """``"512x768"`` as a Resolution; raises ValueError with the user-facing reason otherwise."""
-    match = _RESOLUTION_RE.match(text)
-    if match is None:
-        raise ValueError(f'expected WIDTHxHEIGHT, got "{text}"')
-    width, height = int(match.group(1)), int(match.group(2))
-    if width <= 0 or height <= 0:
-        raise ValueError(f'expected WIDTHxHEIGHT with both values greater than 0, got "{text}"')
-    return Resolution(width, height)
+    size, problems = parse_size("resolution", text)
+    if size is None:
+        raise ValueError(graph_reason(problems[0]))
+    return size
 
 
 @dataclass(frozen=True)
@@ -78,7 +62,7 @@ class NodeSettings:
     devices: tuple[str, ...] = ("CPU",)
     plugin_config: Mapping[str, Any] = field(default_factory=dict)
     num_streams: int = 1
-    max_resolution: Resolution = Resolution(4096, 4096)
+    max_resolution: Resolution = field(default=Resolution(4096, 4096))
     default_resolution: Resolution | None = None
     max_num_images_per_prompt: int = 10
     default_num_inference_steps: int = 50
@@ -158,10 +142,10 @@ class _Issues:
     def add(self, fld: str, message: str) -> None:
         self.found.append(NodeIssue(message, field=FIELD_PREFIX + fld))
 
-    def range(self, options: ImageGenCalculatorOptions, fld: str) -> None:
-        """The table's range rule for ``fld`` when the node sets it."""
-        if options.HasField(fld) and (reason := range_problem(fld, getattr(options, fld))) is not None:
-            self.add(fld, reason)
+    def broken(self, problems: list[Problem]) -> None:
+        """Rules of :mod:`calculators.image_gen.option_rules` that the node breaks, worded for its graph."""
+        for problem in problems:
+            self.add(problem.field, graph_reason(problem))
 
 
 def parse_options(options: ImageGenCalculatorOptions | None, ctx: LoadContext
@@ -177,12 +161,11 @@ def parse_options(options: ImageGenCalculatorOptions | None, ctx: LoadContext
     devices = _devices(options, issues)
     plugin_config, num_streams = _plugin_config(options, issues)
     max_resolution = _max_resolution(options, issues)
-    static = _static_resolutions(options, max_resolution, issues)
-    default_resolution = _default_resolution(options, max_resolution, static, issues)
-    _static_only_options(options, static, issues)
-    _ranges(options, issues)
-    _steps(options, issues)
-    _npu_needs_one_static_resolution(options, devices, static, issues)
+    static, problems = option_rules.static_resolutions(options, max_resolution)
+    default_resolution, default_problems = option_rules.default_resolution(options, max_resolution, static)
+    issues.broken(problems + default_problems + option_rules.static_only_options(options, static)
+                  + option_rules.ranges(options) + option_rules.steps(options)
+                  + option_rules.npu_needs_one_static_resolution(options, devices, static))
     if issues.found:
         return None, issues.found
     static_images = options.num_images_per_prompt if options.HasField("num_images_per_prompt") else None
@@ -242,96 +225,7 @@ def _plugin_config(options: ImageGenCalculatorOptions, issues: _Issues) -> tuple
 
 
 def _max_resolution(options: ImageGenCalculatorOptions, issues: _Issues) -> Resolution:
-    try:
-        return parse_resolution(options.max_resolution)
-    except ValueError as exc:
-        issues.add("max_resolution", str(exc))
-    return parse_resolution(default("max_resolution"))
-
-
-def _static_resolutions(options: ImageGenCalculatorOptions, max_resolution: Resolution,
-                        issues: _Issues) -> list[Resolution]:
-    """The static resolutions: each WIDTHxHEIGHT once, divisible by 8, within a given max_resolution."""
-    static: list[Resolution] = []
-    if not options.HasField("resolution"):
-        return static
-    tokens = options.resolution.split()
-    if not tokens:
-        issues.add("resolution", "expected one or more space-separated WIDTHxHEIGHT values, got an empty string")
-    for token in tokens:
-        try:
-            res = parse_resolution(token)
-        except ValueError as exc:
-            issues.add("resolution", str(exc))
-            continue
-        if res in static:
-            issues.add("resolution", f'"{token}" is listed twice')
-            continue
-        if res.width % 8 or res.height % 8:
-            issues.add("resolution", f'"{token}": width and height must be divisible by 8')
-        elif options.HasField("max_resolution") and not res.fits_in(max_resolution):
-            issues.add("resolution", f'"{token}" exceeds max_resolution {max_resolution}')
-        static.append(res)
-    return static
-
-
-def _default_resolution(options: ImageGenCalculatorOptions, max_resolution: Resolution, static: list[Resolution],
-                        issues: _Issues) -> Resolution | None:
-    """default_resolution: divisible by 8, within max_resolution, one of the static resolutions if any."""
-    if not options.HasField("default_resolution"):
-        return None
-    try:
-        default_resolution = parse_resolution(options.default_resolution)
-    except ValueError as exc:
-        issues.add("default_resolution", str(exc))
-        return None
-    if default_resolution.width % 8 or default_resolution.height % 8:
-        issues.add("default_resolution", f"{default_resolution}: width and height must be divisible by 8")
-    if not default_resolution.fits_in(max_resolution):
-        issues.add("default_resolution", f"{default_resolution} exceeds max_resolution {max_resolution}")
-    if static and default_resolution not in static:
-        listed = " ".join(str(r) for r in static)
-        issues.add("default_resolution", f"{default_resolution} is not one of the static resolutions ({listed})")
-    return default_resolution
-
-
-def _static_only_options(options: ImageGenCalculatorOptions, static: list[Resolution], issues: _Issues) -> None:
-    """num_images_per_prompt and guidance_scale need one static resolution; with one, the dynamic
-    limits max_resolution and max_num_images_per_prompt cannot be set."""
-    for name in ("num_images_per_prompt", "guidance_scale"):
-        if not options.HasField(name):
-            continue
-        if not options.HasField("resolution"):
-            issues.add(name, f'{name} requires a single static resolution (set resolution: "WIDTHxHEIGHT")')
-        elif len(static) > 1:
-            issues.add(name, f"{name} cannot be used with several static resolutions")
-    if len(static) == 1:
-        for name in ("max_resolution", "max_num_images_per_prompt"):
-            if options.HasField(name):
-                issues.add(name, f"cannot be set with a single static resolution (the models are reshaped to "
-                                 f"{static[0]}; remove {name})")
-
-
-def _ranges(options: ImageGenCalculatorOptions, issues: _Issues) -> None:
-    """Every set field within its table range (counts > 0, finite scales, seeds below 2**63)."""
-    for row in OPTIONS:
-        if row.range is not None:
-            issues.range(options, row.field)
-
-
-def _steps(options: ImageGenCalculatorOptions, issues: _Issues) -> None:
-    """The default number of steps within the maximum."""
-    if 0 < options.max_num_inference_steps < options.default_num_inference_steps:
-        issues.add("default_num_inference_steps",
-                   f"{options.default_num_inference_steps} exceeds max_num_inference_steps "
-                   f"{options.max_num_inference_steps}")
-
-
-def _npu_needs_one_static_resolution(options: ImageGenCalculatorOptions, devices: tuple[str, ...],
-                                     static: list[Resolution], issues: _Issues) -> None:
-    if not any(d.upper().startswith("NPU") for d in devices):
-        return
-    if not options.HasField("resolution"):
-        issues.add("resolution", 'NPU requires a static resolution: set resolution: "WIDTHxHEIGHT"')
-    elif len(static) > 1:
-        issues.add("resolution", f"NPU requires exactly one static resolution, got {len(static)}")
+    """max_resolution, or the proto's default when it does not parse (the problem is recorded)."""
+    size, problems = parse_size("max_resolution", options.max_resolution)
+    issues.broken(problems)
+    return size or option_rules.DEFAULT_MAX_RESOLUTION
