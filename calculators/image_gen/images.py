@@ -14,6 +14,7 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
+from isal import isal_zlib
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from calculators.image_gen.options import Resolution
@@ -114,45 +115,37 @@ def encode_image(pixels: np.ndarray, output_format: str, compression: int | None
 def encode_png(pixels: np.ndarray) -> bytes:
     """One HxWx3 uint8 image as an 8-bit RGB PNG (no metadata) that decodes to exactly ``pixels``.
 
-    Written here rather than with Pillow because encoding sits on every request's critical path and
-    Pillow spends most of its time choosing a filter for each row among all five. Each row gets the
-    one of None, Sub and Up with the smallest sum of absolute byte values (libpng's heuristic,
-    computed for the whole image at once), then zlib level 1 with the run-length strategy: a noisy
-    256x256 image encodes about 3 times faster than with Pillow at ``compress_level=1``, into a file
-    a few percent larger (up to a third larger for flat, synthetic images).
+    Written here rather than with Pillow because encoding sits on every request's critical path:
+    Pillow spends most of its time choosing a filter for each row among all five, then deflates with
+    zlib. Here every row gets the Up filter (one vectorised subtraction) and ISA-L deflates the rows
+    at its level 1: a noisy 256x256 image takes about 0.4 ms instead of 4.3 ms with Pillow at
+    ``compress_level=1``, for a file 6 % larger (up to half again as large for flat, synthetic
+    images, where Pillow's per-row choice pays off most).
     """
     pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
     height, width, channels = pixels.shape
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits, RGB, deflate, no interlace
-    deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
-    data = deflate.compress(_filtered_rows(pixels.reshape(height, width * channels), channels)) + deflate.flush()
+    data = isal_zlib.compress(_up_filtered(pixels.reshape(height, width * channels)), 1)
     return b"".join((_PNG_SIGNATURE, _png_chunk(b"IHDR", header), _png_chunk(b"IDAT", data),
                      _png_chunk(b"IEND", b"")))
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_UP = 2  # PNG filter type: each byte minus the byte above it
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
 
 
-def _filtered_rows(rows: np.ndarray, channels: int) -> np.ndarray:
-    """PNG scanlines of ``rows`` (H x W*channels bytes): each row's filter type byte, then the row
-    filtered with None (0), Sub (1) or Up (2), whichever sums to the least absolute signed bytes."""
+def _up_filtered(rows: np.ndarray) -> np.ndarray:
+    """PNG scanlines of ``rows`` (H x W*3 bytes): each row's filter type byte (Up), then the row
+    minus the row above it, modulo 256 (the row above the first is zeros)."""
     height, stride = rows.shape
-    candidates = np.empty((3, height, stride), np.uint8)
-    candidates[0] = rows
-    candidates[1, :, :channels] = rows[:, :channels]
-    np.subtract(rows[:, channels:], rows[:, :-channels], out=candidates[1, :, channels:])
-    candidates[2, 0] = rows[0]  # the row above the first is zeros
-    np.subtract(rows[1:], rows[:-1], out=candidates[2, 1:])
-    # |b as a signed byte| is min(b, 256 - b); uint8 negation wraps to 256 - b.
-    cost = np.minimum(candidates, np.negative(candidates)).sum(axis=2, dtype=np.uint32)
-    best = cost.argmin(axis=0)
     scanlines = np.empty((height, stride + 1), np.uint8)
-    scanlines[:, 0] = best
-    scanlines[:, 1:] = candidates[best, np.arange(height)]
+    scanlines[:, 0] = _UP
+    scanlines[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=scanlines[1:, 1:])
     return scanlines
 
 

@@ -57,10 +57,12 @@ def test_png_from_a_strided_view_encodes_the_view() -> None:
 
 
 def test_rows_are_filtered_before_deflate() -> None:
-    """A horizontal ramp is incompressible row by row for run-length deflate until Sub turns it
-    into one repeated byte: the encoder must pick the filters, not just store the rows."""
-    ramp = np.repeat(np.repeat((np.arange(128, dtype=np.uint8) * 2)[None, :, None], 128, axis=0), 3, axis=2)
-    assert len(encode_png(ramp)) < ramp.nbytes // 50
+    """Each row is the row above plus one: noise to deflate until filtered, then all but the first
+    row are ones. Stored unfiltered, this image does not shrink at all."""
+    noise = np.random.default_rng(4).integers(0, 256, 128 * 3, dtype=np.uint16)
+    ramp = ((noise[None, :] + np.arange(128, dtype=np.uint16)[:, None]) % 256).astype(np.uint8).reshape(128, 128, 3)
+    assert np.array_equal(_decoded(encode_png(ramp)), ramp)
+    assert len(encode_png(ramp)) < ramp.nbytes // 20
 
 
 def test_encode_b64_carries_the_png() -> None:
