@@ -1,7 +1,8 @@
 """graph.pbtxt for a pulled image generation model, written from command-line flags.
 
-:func:`check_graph_flags` applies the option rules of SPEC §4 to the flags (every problem, each
-naming its flag) before anything is downloaded; :func:`render_graph` builds the
+:func:`check_graph_flags` applies the calculator's option rules (SPEC §4,
+:mod:`calculators.image_gen.option_rules`) to the flags (every problem, each naming its flag) before
+anything is downloaded; :func:`render_graph` builds the
 ImageGenCalculatorOptions message (:func:`graph_options`) and writes it with protobuf's
 ``text_format``, field by field in the order of :mod:`calculators.image_gen.option_table`, with a
 comment per section and only the options that were given. Defaults, ranges and the field-to-flag

@@ -8,8 +8,9 @@ and graph rendering (:mod:`calculators.image_gen.graph_writer`) all read this ta
 and graph flags get one field per ``--<field>`` row (:func:`with_flag_fields`). Adding an option is one
 proto field plus one row (and, for a flag, its docs/cli.md lines, which ``tests/docs`` asks for);
 ``tests/calculators/image_gen/test_option_table.py`` refuses a proto field without a row.
-Rules between fields are small named functions in the two checkers; a range rule here returns the
-reason (``must be greater than 0, got 0``) that both phrase after the field or its flag.
+Rules between fields are the small named functions of :mod:`calculators.image_gen.option_rules`, which
+both checkers run; a range rule here returns the reason (``must be greater than 0, got 0``) that both
+phrase after the field or its flag.
 """
 
 from __future__ import annotations
