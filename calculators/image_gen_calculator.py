@@ -179,9 +179,9 @@ def _response_json(request: ImageRequest, encoded: list[bytes]) -> bytes:
                               "output_format": request.output_format, "background": "opaque"}
     if request.end_user is not None:
         fields["safety_identifier"] = request.end_user
-    data = b",".join(b'{"b64_json":"%b"}' % b64 for b64 in encoded)
     rest = json.dumps(fields, separators=(",", ":")).encode()
-    return b'{"created":%d,"data":[%b],%b' % (int(time.time()), data, rest[1:])
+    images = b'"},{"b64_json":"'.join(encoded)  # the one copy of the image bytes besides the final one
+    return b"".join((b'{"created":%d,"data":[{"b64_json":"' % int(time.time()), images, b'"}],', rest[1:]))
 
 
 class ImageGenCalculator(Calculator):
