@@ -40,7 +40,6 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from calculators.image_gen import option_rules
-from calculators.image_gen.option_rules import DEFAULT_MAX_RESOLUTION
 from calculators.image_gen.option_table import BY_FIELD, DIRECT_FLAG_ROWS, OPTIONS, with_flag_fields
 from calculators.protos.image_gen_calculator_pb2 import ImageGenCalculatorOptions, LoraLoadMode
 
@@ -96,17 +95,11 @@ def check_graph_flags(flags: GraphFlags) -> list[str]:
     the flags would write and worded with the flags' names; ``--target_device`` and ``--num_streams``
     have checks of their own shape.
     """
-    options = _given_options(flags)
     device_problems = _device_problems(flags)
-    problems = device_problems + _range_problems(flags)
-    max_resolution, bad = option_rules.parse_size("max_resolution", options.max_resolution)
-    max_resolution = max_resolution or DEFAULT_MAX_RESOLUTION
-    static, static_problems = option_rules.static_resolutions(options, max_resolution)
     devices = () if device_problems or flags.device is None else tuple(flags.device.split())
-    broken = (bad + static_problems + option_rules.default_resolution(options, max_resolution, static)[1]
-              + option_rules.static_only_options(options, static) + option_rules.steps(options)
-              + option_rules.npu_needs_one_static_resolution(options, devices, static))
-    return problems + [option_rules.flag_message(problem) for problem in broken]
+    checked = option_rules.check(_given_options(flags), devices, ranges_too=False)
+    return (device_problems + _range_problems(flags)
+            + [option_rules.flag_message(problem) for problem in checked.problems])
 
 
 def _given_options(flags: GraphFlags) -> ImageGenCalculatorOptions:

@@ -2,7 +2,8 @@
 
 Each rule is a small function of an options message (plus what earlier rules parsed) that returns the
 :class:`Problem` list it finds: the field to fix, the rule broken and the values involved. It does not
-word them. Node validation (:mod:`calculators.image_gen.options`) words a problem for a graph.pbtxt
+word them. :func:`check` runs them all, in order; a new rule is one function called there plus its
+wording. Node validation (:mod:`calculators.image_gen.options`) words a problem for a graph.pbtxt
 reader (:func:`graph_reason`, fields by name); the ``pull`` checks
 (:func:`calculators.image_gen.graph_writer.check_graph_flags`) word the same problem for the command
 line (:func:`flag_message`, fields by their flag from the option table). The two wordings differ beyond
@@ -117,6 +118,31 @@ def flag_message(problem: Problem) -> str:
 
 def _word(template: str, problem: Problem, names: Mapping[str, str]) -> str:
     return template.format(this=names[problem.field], **names, **problem.facts)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What :func:`check` found: the parsed sizes (a size that does not parse is the default or None)
+    and every problem, in rule order."""
+
+    max_resolution: Resolution
+    static: list[Resolution]
+    default_resolution: Resolution | None
+    problems: list[Problem]
+
+
+def check(options: ImageGenCalculatorOptions, devices: tuple[str, ...], *, ranges_too: bool = True) -> Checked:
+    """Every rule below, in order, on ``options`` (``devices`` parsed from its device; empty when that does
+    not parse). ``ranges_too=False`` leaves the per-field ranges to a caller that checks them itself."""
+    max_resolution, problems = parse_size("max_resolution", options.max_resolution)
+    max_resolution = max_resolution or DEFAULT_MAX_RESOLUTION
+    static, found = static_resolutions(options, max_resolution)
+    problems += found
+    default, found = default_resolution(options, max_resolution, static)
+    problems += found + static_only_options(options, static)
+    problems += (ranges(options) if ranges_too else []) + steps(options)
+    problems += npu_needs_one_static_resolution(options, devices, static)
+    return Checked(max_resolution, static, default, problems)
 
 
 def parse_size(fld: str, text: str) -> tuple[Resolution | None, list[Problem]]:

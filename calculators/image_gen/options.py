@@ -160,16 +160,13 @@ def parse_options(options: ImageGenCalculatorOptions | None, ctx: LoadContext
     models_path = _models_path(options, ctx, issues)
     devices = _devices(options, issues)
     plugin_config, num_streams = _plugin_config(options, issues)
-    max_resolution = _max_resolution(options, issues)
-    static, problems = option_rules.static_resolutions(options, max_resolution)
-    default_resolution, default_problems = option_rules.default_resolution(options, max_resolution, static)
-    issues.broken(problems + default_problems + option_rules.static_only_options(options, static)
-                  + option_rules.ranges(options) + option_rules.steps(options)
-                  + option_rules.npu_needs_one_static_resolution(options, devices, static))
+    checked = option_rules.check(options, devices)
+    issues.broken(checked.problems)
     if issues.found:
         return None, issues.found
     static_images = options.num_images_per_prompt if options.HasField("num_images_per_prompt") else None
     max_images = options.max_num_images_per_prompt
+    static = checked.static
     if len(static) == 1:
         # The reshaped batch is fixed: the static value is the only count a request may ask for.
         max_images = static_images if static_images is not None else 1
@@ -178,8 +175,8 @@ def parse_options(options: ImageGenCalculatorOptions | None, ctx: LoadContext
         devices=devices,
         plugin_config=plugin_config,
         num_streams=num_streams,
-        max_resolution=max_resolution,
-        default_resolution=default_resolution,
+        max_resolution=checked.max_resolution,
+        default_resolution=checked.default_resolution,
         max_num_images_per_prompt=max_images,
         default_num_inference_steps=options.default_num_inference_steps,
         default_steps_given=options.HasField("default_num_inference_steps"),
@@ -222,10 +219,3 @@ def _plugin_config(options: ImageGenCalculatorOptions, issues: _Issues) -> tuple
         except ValueError as exc:
             issues.add("plugin_config", str(exc))
     return {}, 1
-
-
-def _max_resolution(options: ImageGenCalculatorOptions, issues: _Issues) -> Resolution:
-    """max_resolution, or the proto's default when it does not parse (the problem is recorded)."""
-    size, problems = parse_size("max_resolution", options.max_resolution)
-    issues.broken(problems)
-    return size or option_rules.DEFAULT_MAX_RESOLUTION
