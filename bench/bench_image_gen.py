@@ -55,8 +55,10 @@ _sessions = threading.local()
 
 
 @contextmanager
-def serve(model: Path, streams: int) -> Iterator[str]:
-    """``ovms-graph serve`` on a free port with one graph ("sd") of ``streams`` pipeline sets."""
+def serve(model: Path, streams: int, command: tuple[str, ...] | None = None,
+          env: dict[str, str] | None = None) -> Iterator[str]:
+    """``ovms-graph serve`` on a free port with one graph ("sd") of ``streams`` pipeline sets (``command``
+    replaces the ``ovms-graph`` script, ``env`` adds to the environment)."""
     with tempfile.TemporaryDirectory(prefix="bench-image-gen-") as tmp:
         folder = Path(tmp) / "sd"
         folder.mkdir()
@@ -68,8 +70,9 @@ def serve(model: Path, streams: int) -> Iterator[str]:
         # INFO, not WARNING: the port is read from the "listening on" line; the server's log goes to
         # server.log in the temporary folder (one line per request, negligible next to a generation).
         with serving(["--config_path", str(config), "--rest_port", "0"], cwd=REPO, log=Path(tmp) / "server.log",
-                     command=(str(script) if script.exists() else "ovms-graph",),
-                     env={**os.environ, "PYTHONUNBUFFERED": "1"}, limit=900, stop_timeout=120) as server:
+                     command=command or (str(script) if script.exists() else "ovms-graph",),
+                     env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, limit=900,
+                     stop_timeout=120) as server:
             yield server.url
 
 
