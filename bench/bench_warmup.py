@@ -6,10 +6,11 @@ tests run it): once with the warm-up switched off (``warm_up`` replaced by a no-
 then per task the first request after load and the median of ``--repeats`` more (steady). Requests
 use the model's own guidance and T5 length, ``--size`` and ``--steps`` (edits: the default strength).
 
-Prints a Markdown table, then one ``key=value`` line. Usage::
+Prints a Markdown table (the load log, on stderr, says what each warm-up did and took), then one
+``key=value`` line. Usage::
 
     .venv/bin/python bench/bench_warmup.py [--model models/tiny/sd15 ...] [--size 256] [--steps 4]
-        [--repeats 3] [--tasks text-to-image,image-to-image,inpainting]
+        [--repeats 3] [--rounds 1] [--tasks text-to-image,image-to-image,inpainting]
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -119,17 +122,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--rounds", type=int, default=1, help="off/on pairs per model (alternating)")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    logging.getLogger("calculators.image_gen").setLevel(logging.INFO)  # the load log says what was warmed
     models = args.model or [REPO / "models" / "tiny" / m for m in ("sd15", "sdxl", "sd3", "flux", "lcm")]
     print(f"{args.size}x{args.size}, {args.steps} steps, steady = median of {args.repeats}\n")
     print("| model | warm-up | time to ready | task | first request | steady | first / steady |")
     print("|---|---|---:|---|---:|---:|---:|")
     keys: dict[str, str] = {}
     for model in models:
-        for warm in (False, True):
+        for warm in (False, True) * args.rounds:
             ready, latencies = measure(model, warm, args)
             label = "on" if warm else "off"
-            keys[f"ready_s_{model.name}_{label}"] = f"{ready:.2f}"
+            keys[f"ready_s_{model.name}_{label}"] = f"{ready:.2f}"  # the last round's
             for task, (first, steady) in latencies.items():
                 print(f"| {model.name} | {label} | {ready:.2f} s | {task} | {first:.3f} s | {steady:.3f} s "
                       f"| {first / steady:.2f} |")

@@ -108,11 +108,12 @@ def task_call(task: Task, pipe: Any, base: dict[str, Any], info: ModelInfo) -> W
 class WarmupLog:
     """What the warm-up did, for the load log."""
 
-    warmed: list[Task] = field(default_factory=list)
+    #: Each warmed task and the seconds its warm-up took (every set).
+    warmed: dict[Task, float] = field(default_factory=dict)
     skipped: dict[Task, str] = field(default_factory=dict)
 
     def describe(self, sets: int, base: dict[str, Any], seconds: float) -> str:
-        tasks = ", ".join(t.value for t in self.warmed) or "no task"
+        tasks = ", ".join(f"{t.value} ({s:.1f} s)" for t, s in self.warmed.items()) or "no task"
         skipped = "".join(f"; {t.value} not warmed ({why})" for t, why in self.skipped.items())
         lora = "; LoRA adapters as a base-model request" if "adapters" in base else ""
         return (f"warmed up {sets} pipeline set(s): {tasks} at {base['width']}x{base['height']}, one denoising "
@@ -146,10 +147,11 @@ def warm_up(node: str, sets: Sequence[Any], settings: NodeSettings, info: ModelI
         pipe = sets[0].pipelines.get(task)
         if pipe is None:
             continue
+        task_started = time.monotonic()
         call = task_call(task, pipe, base, info)
         failure = call if isinstance(call, str) else warm_task(node, sets, call)
         if failure is None:
-            done.warmed.append(task)
+            done.warmed[task] = time.monotonic() - task_started
         else:
             done.skipped[task] = failure
     log.info('node "%s": %s', node, done.describe(len(sets), base, time.monotonic() - started))
