@@ -113,7 +113,8 @@ def encode_image(pixels: np.ndarray, output_format: str, compression: int | None
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
-    """One HxWx3 uint8 image as an 8-bit RGB PNG (no metadata) that decodes to exactly ``pixels``.
+    """One HxWx3 uint8 image as an 8-bit RGB PNG (no metadata) that decodes to exactly ``pixels``;
+    ValueError for any other shape or type (it would be written mislabelled).
 
     Written here rather than with Pillow because encoding sits on every request's critical path:
     Pillow spends most of its time choosing a filter for each row among all five, then deflates with
@@ -122,7 +123,9 @@ def encode_png(pixels: np.ndarray) -> bytes:
     ``compress_level=1``, for a file 6 % larger (up to half again as large for flat, synthetic
     images, where Pillow's per-row choice pays off most).
     """
-    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+        raise ValueError(f"encode_png takes HxWx3 uint8 pixels, got {pixels.dtype} {pixels.shape}")
+    pixels = np.ascontiguousarray(pixels)
     height, width, channels = pixels.shape
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits, RGB, deflate, no interlace
     data = isal_zlib.compress(_up_filtered(pixels.reshape(height, width * channels)), 1)

@@ -65,6 +65,13 @@ def test_rows_are_filtered_before_deflate() -> None:
     assert len(encode_png(ramp)) < ramp.nbytes // 20
 
 
+@pytest.mark.parametrize("pixels", [np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4), np.uint8),
+                                    np.zeros((4, 4, 3), np.float32)], ids=["rgba", "grey", "float"])
+def test_png_refuses_what_it_would_mislabel(pixels: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        encode_png(pixels)
+
+
 def test_encode_b64_carries_the_png() -> None:
     pixels = _gradient(16, 24)
     text = encode_b64(pixels, "png", None)
