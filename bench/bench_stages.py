@@ -10,10 +10,13 @@ kept-alive connection after 3 warm-up requests, and prints the median and minimu
 HTTP read and JSON parse; getting to the worker thread (routing, admission, the graph run's setup,
 the executor hop); request validation; ``generate`` (with its step callback); PNG encoding; base64;
 the JSON body; getting back to the event loop until the graph run has ended; metrics; the access
-log line; writing the response; and the client's round trip. A stage whose function was renamed is
-left out (the script names it on stderr). Ends with one ``key=value`` line. Usage::
+log line; writing the response; the server's total minus ``generate``; and the client's round
+trip. ``--alternate`` runs a direct ``openvino_genai`` generation in this process before each
+request, as ``bench_image_gen.py`` does, to see what that pattern costs the server. A stage whose
+function was renamed is left out (the script names it on stderr). Ends with one ``key=value`` line.
+Usage::
 
-    .venv/bin/python bench/bench_stages.py [--requests 30] [--cases 64x2,256x4]
+    .venv/bin/python bench/bench_stages.py [--requests 30] [--cases 64x2,256x4] [--alternate]
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import Any
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.bench_image_gen import TINY_SD15, body, serve
+from bench.bench_image_gen import PROMPT, TINY_SD15, body, serve
 
 #: (module, attribute path, mark label): the functions timed on entry ("label>") and exit ("label<").
 TIMED = (
@@ -53,21 +56,24 @@ TIMED = (
     ("ovms_graph.server", "_log_access", "log"),
     ("aiohttp.web", "Response.write_eof", "write"),
 )
-#: (stage, from mark, to mark)
+#: (stage, key in the key=value line, from mark, to mark)
 STAGES = (
-    ("HTTP read + JSON parse", "request>", "parse_json<"),
-    ("to the worker (routing, graph run, executor hop)", "parse_json<", "worker>"),
-    ("request validation", "validate>", "validate<"),
-    ("generate (with the step callback)", "generate>", "generate<"),
-    ("PNG encoding", "png>", "png<"),
-    ("base64", "png<", "b64<"),
-    ("JSON body", "body>", "body<"),
-    ("back to the event loop, graph run ended", "body<", "finish>"),
-    ("metrics", "metrics>", "metrics<"),
-    ("access log line", "log>", "log<"),
-    ("response write", "write>", "write<"),
-    ("server total", "request>", "write<"),
+    ("HTTP read + JSON parse", "http_read", "request>", "parse_json<"),
+    ("to the worker (routing, graph run, executor hop)", "to_worker", "parse_json<", "worker>"),
+    ("request validation", "validation", "validate>", "validate<"),
+    ("generate (with the step callback)", "generate", "generate>", "generate<"),
+    ("PNG encoding", "png", "png>", "png<"),
+    ("base64", "base64", "png<", "b64<"),
+    ("JSON body", "json_body", "body>", "body<"),
+    ("back to the event loop, graph run ended", "to_loop", "body<", "finish>"),
+    ("of which: the worker finishing after it handed the response over", "worker_end", "body<", "worker<"),
+    ("metrics", "metrics", "metrics>", "metrics<"),
+    ("access log line", "access_log", "log>", "log<"),
+    ("response write", "write", "write>", "write<"),
+    ("server total", "server_total", "request>", "write<"),
 )
+OWN = ("server total minus generate", "server_own")
+CLIENT = ("client round trip", "client")
 WARM_UP = 3
 
 _events: list[tuple[str, int]] = []
@@ -139,15 +145,33 @@ def stage_times(marks: list[dict[str, int]]) -> dict[str, list[float]]:
     """Milliseconds per stage over ``marks`` (a stage is left out when one of its marks is missing)."""
     times: dict[str, list[float]] = {}
     for request in marks:
-        for stage, start, end in STAGES:
+        for stage, _, start, end in STAGES:
             if start in request and end in request:
                 times.setdefault(stage, []).append((request[end] - request[start]) / 1e6)
+        if {"request>", "write<", "generate>", "generate<"} <= request.keys():
+            own = request["write<"] - request["request>"] - (request["generate<"] - request["generate>"])
+            times.setdefault(OWN[0], []).append(own / 1e6)
     return times
 
 
-def measure(model: Path, cases: list[tuple[int, int]], count: int
+def direct_generator(model: Path) -> Callable[[int, int], None]:
+    """One direct ``openvino_genai`` generation at (side, steps) per call, in this process."""
+    import numpy as np
+    import openvino_genai  # type: ignore[import-untyped]
+
+    pipe = openvino_genai.Text2ImagePipeline(str(model), "CPU")
+
+    def generate(size: int, steps: int) -> None:
+        np.array(pipe.generate(PROMPT, width=size, height=size, num_inference_steps=steps, rng_seed=1).data,
+                 copy=True)
+    return generate
+
+
+def measure(model: Path, cases: list[tuple[int, int]], count: int, alternate: bool
             ) -> tuple[list[dict[str, list[float]]], list[list[float]]]:
-    """Stage times and client round trips (ms) per case."""
+    """Stage times and client round trips (ms) per case; with ``alternate``, a direct generation in this
+    process before each request, as bench_image_gen.py does."""
+    direct = direct_generator(model) if alternate else None
     with tempfile.TemporaryDirectory(prefix="bench-stages-") as tmp:
         events = Path(tmp) / "events.json"
         rounds: list[list[float]] = []
@@ -156,6 +180,8 @@ def measure(model: Path, cases: list[tuple[int, int]], count: int
             for size, steps in cases:
                 rounds.append([])
                 for index in range(WARM_UP + count):
+                    if direct is not None:
+                        direct(size, steps)
                     started = time.perf_counter_ns()
                     response = session.post(f"{url}/v3/images/generations", json=body(size, steps), timeout=600)
                     response.raise_for_status()
@@ -175,16 +201,14 @@ def report(cases: list[tuple[int, int]], stages: list[dict[str, list[float]]], r
     print("| stage | " + " | ".join(f"{size}x{size}, {steps} steps: median (min)" for size, steps in cases) + " |")
     print("|---|" + "---:|" * len(cases))
     results: dict[str, str] = {}
-    rows = [stage for stage, _, _ in STAGES] + ["client round trip"]
-    for stage in rows:
+    for stage, key in [(stage, key) for stage, key, _, _ in STAGES] + [OWN, CLIENT]:
         cells = []
         for name, times, client in zip(names, stages, rounds, strict=True):
-            values = client if stage == "client round trip" else times.get(stage)
+            values = client if stage == CLIENT[0] else times.get(stage)
             if not values:
                 cells.append("-")
                 continue
             cells.append(f"{statistics.median(values):.3f} ms ({min(values):.3f})")
-            key = stage.split(" (")[0].replace(" + ", "_").replace(",", "").replace(" ", "_").lower()
             results[f"{key}_ms_{name}"] = f"{statistics.median(values):.3f}"
         print(f"| {stage} | " + " | ".join(cells) + " |")
     load = os.getloadavg()[0]
@@ -200,10 +224,12 @@ def main() -> int:
     parser.add_argument("--model", type=Path, default=TINY_SD15, help="model folder (default models/tiny/sd15)")
     parser.add_argument("--requests", type=int, default=30, help="timed requests per case (default 30)")
     parser.add_argument("--cases", default="64x2,256x4", help="cases SIDExSTEPS (default 64x2,256x4)")
+    parser.add_argument("--alternate", action="store_true",
+                        help="run one direct openvino_genai generation before each request, as bench_image_gen.py")
     args = parser.parse_args()
     cases = [(int(side), int(steps)) for side, steps in (case.split("x") for case in args.cases.split(","))]
     print(f"load average (1 min) {os.getloadavg()[0]:.2f}\n")
-    stages, rounds = measure(args.model, cases, args.requests)
+    stages, rounds = measure(args.model, cases, args.requests, args.alternate)
     results = report(cases, stages, rounds)
     print()
     print(" ".join(f"{key}={value}" for key, value in results.items()))
