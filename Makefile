@@ -15,7 +15,7 @@ install: $(VENV)/.installed
 # The example plugin is installed like any third-party calculator package, and its tests run with ours.
 $(VENV)/.installed: pyproject.toml examples/prompt_guard_plugin/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,fast]"
 	$(PY) -m pip install -q --no-build-isolation -e examples/prompt_guard_plugin
 	touch $@
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import io
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from calculators.image_gen import images
 from calculators.image_gen.images import encode_b64, encode_image, encode_png
 
 
@@ -83,3 +85,17 @@ def test_encode_b64_carries_the_png() -> None:
 def test_other_formats_still_go_through_pillow(fmt: str, pil: str) -> None:
     image = Image.open(io.BytesIO(encode_image(_gradient(16, 24), fmt, 90)))
     assert (image.format, image.size) == (pil, (24, 16))
+
+
+@pytest.mark.parametrize("pixels", [_noise(33, 17, seed=3), _gradient(64, 96), _stripes(31, 300)],
+                         ids=["noise", "gradient", "stripes"])
+def test_without_the_fast_extra_zlib_writes_the_same_pixels(
+        monkeypatch: pytest.MonkeyPatch, pixels: np.ndarray) -> None:
+    monkeypatch.setattr(images, "_deflate", zlib)
+    png = encode_png(pixels)
+    assert np.array_equal(_decoded(png), pixels)
+
+
+def test_make_install_gives_the_fast_deflate() -> None:
+    # The fast extra (ISA-L) is what make install and deploy/Dockerfile install; the benches measure it.
+    assert images._deflate.__name__ == "isal.isal_zlib"
