@@ -116,6 +116,17 @@ def compile_properties(settings: NodeSettings, sets: int, cores: int | None = No
     return props
 
 
+def edit_limit(settings: NodeSettings) -> str | None:
+    """Why this node cannot serve edits whatever the model, or None. openvino_genai 2026.4's VAE
+    encoder takes one image, and a pipeline reshaped for N images per prompt expects N: every
+    image-to-image and inpainting generate fails on such a node."""
+    images = settings.static_num_images_per_prompt or 1
+    if not settings.reshaped or images == 1:
+        return None
+    return (f"the node is reshaped for static_num_images_per_prompt {images}, and openvino_genai edits one image "
+            "at a time; serve edits from a node with static_num_images_per_prompt 1")
+
+
 class PipelineBuilder:
     """Builds pipeline sets for one node: loads, reshapes and compiles, derives what it can."""
 
@@ -156,7 +167,11 @@ class PipelineBuilder:
         classes = self._classes()
         built = PipelineSet(index)
         source: Any = None
+        limit = edit_limit(self.settings)
         for task in (Task.INPAINTING, Task.IMAGE2IMAGE, Task.TEXT2IMAGE):
+            if limit is not None and task is not Task.TEXT2IMAGE:
+                self.refused.setdefault(task, limit)
+                continue
             pipe: Any = None
             if source is not None and self.derive:
                 try:

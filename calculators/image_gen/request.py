@@ -32,6 +32,7 @@ from calculators.image_gen.pipelines import (
     ModelDefaults,
     ModelInfo,
     Task,
+    edit_limit,
 )
 from calculators.image_gen.request_fields import (
     FIELDS,
@@ -489,6 +490,9 @@ def _check_task(task: Task, rules: RequestRules) -> None:
     if task in rules.tasks:
         return
     param = {Task.INPAINTING: "mask", Task.IMAGE2IMAGE: "image"}.get(task)
+    limit = edit_limit(rules.settings) if param is not None else None
+    if limit is not None:
+        raise BadRequest(f"{_TASK_MESSAGES[task]} is not available on this node: {limit}", param=param)
     raise BadRequest(f"{_TASK_MESSAGES[task]} is not supported by this model", param=param)
 
 

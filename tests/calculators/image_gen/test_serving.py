@@ -22,6 +22,7 @@ import pytest
 import requests
 from PIL import Image
 
+from calculators.image_gen.model_info import Task
 from tests.calculators.image_gen.conftest import LiveServer, Servers
 from tests.calculators.image_gen.helpers import TINY, decode_b64, pixels, png_bytes
 
@@ -96,6 +97,26 @@ def test_static_reshape_serves_only_the_compiled_shape(servers: Servers) -> None
     assert response.status_code == 400
     assert response.json()["error"]["message"] == (
         "requested resolution 64x64 is not supported by static reshape settings (32x32)")
+
+
+@pytest.mark.parametrize(("files", "param", "task"), [
+    ({"image": png_bytes(32, 32)}, "image", "image-to-image (images/edits without a mask)"),
+    ({"image": png_bytes(32, 32), "mask": png_bytes(32, 32, (255, 255, 255))}, "mask",
+     "inpainting (images/edits with a mask)"),
+])
+def test_a_static_node_for_several_images_refuses_edits_by_name(
+        servers: Servers, files: dict[str, bytes], param: str, task: str) -> None:
+    # openvino_genai's VAE encoder takes one image; on a pipeline reshaped for 2 every edit used to fail (500).
+    server = servers["sd15-static"]
+    response = server.post("images/edits", data={"prompt": "a cat", "model": "sd15-static"},
+                           files={name: (f"{name}.png", data, "image/png") for name, data in files.items()})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param
+    assert response.json()["error"]["message"] == (
+        f"{task} is not available on this node: the node is reshaped for static_num_images_per_prompt 2, and "
+        "openvino_genai edits one image at a time; serve edits from a node with static_num_images_per_prompt 1")
+    assert server.resources("sd15-static").tasks == frozenset({Task.TEXT2IMAGE})
+    assert len(images(server.generate({"prompt": "a cat", "rng_seed": 5}))) == 2  # still serving
 
 
 @pytest.mark.parametrize(("fmt", "pil"), [("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP")])
