@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from calculators.image_gen.genai_errors import genai_reason
 from calculators.image_gen.lora import LoraPlan
 from calculators.image_gen.memory import InsufficientMemory, MemoryEstimate, available_bytes
 from calculators.image_gen.model_info import (
@@ -190,15 +191,6 @@ class PipelineBuilder:
             built.pipelines[task] = pipe
             source = pipe
         return built
-
-
-def genai_reason(exc: BaseException) -> str:
-    """The human part of an OpenVINO exception, without the "Exception from <source path>:" and
-    "Check '...' failed at <source path>:" lines that lead it."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    meaningful = [line for line in lines
-                  if not (line.startswith(("Exception from ", "Check '")) and line.endswith(":"))]
-    return (meaningful or lines or [type(exc).__name__])[-1]
 
 
 class PipelinePool:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from calculators.image_gen.genai_errors import genai_reason
 from calculators.image_gen.lora import LoraPlan
 from calculators.image_gen.model_info import Family, ModelInfo, Task
 from calculators.image_gen.options import NodeSettings
@@ -126,8 +127,6 @@ def warm_task(node: str, sets: Sequence[Any], call: WarmupCall) -> str | None:
         try:
             call.run(pipes.pipelines[call.task])
         except Exception as exc:  # the node still serves; this pipeline's first request prepares it instead
-            from calculators.image_gen.pipelines import genai_reason  # pipelines imports this module
-
             log.warning('node "%s": warm-up of %s in pipeline set %d failed (%s); continuing', node,
                         call.task.value, pipes.index, genai_reason(exc))
             return f"failed in set {pipes.index}"
