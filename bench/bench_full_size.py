@@ -113,13 +113,18 @@ def ready_table(model: Path) -> tuple[list[str], dict[str, str]]:
     return head + rows, keys
 
 
+def post_at_once(server: Server, count: int) -> None:
+    """``count`` 256x256/4 requests at once, each on its own connection (seeds 0..count-1)."""
+    with ThreadPoolExecutor(count) as pool:
+        list(pool.map(lambda seed: server.client().post(256, 4, seed), range(count)))
+
+
 def memory_table(model: Path) -> tuple[list[str], dict[str, str]]:
     rows, keys = [], {}
     for streams in (1, 2):
         with serve(model, streams) as server:
             loaded = server.memory_gib()
-            with ThreadPoolExecutor(streams) as pool:  # one request per set, at once
-                list(pool.map(lambda seed: server.client().post(256, 4, seed), range(streams)))
+            post_at_once(server, streams)  # one request per set
             peak, current = server.memory_gib()
         rows.append(f"| {streams} | {loaded[1]:.2f} GiB | {current:.2f} GiB | {peak:.2f} GiB |")
         keys[f"peak_rss_gib_streams_{streams}"] = f"{peak:.2f}"
@@ -164,8 +169,7 @@ def throughput_table(model: Path, requests_per_round: int) -> tuple[list[str], d
     found: dict[tuple[int, int], float] = {}
     for streams in (1, 2):
         with serve(model, streams) as server:
-            with ThreadPoolExecutor(2) as pool:  # warm every set
-                list(pool.map(lambda seed: server.client().post(256, 4, seed), range(2)))
+            post_at_once(server, 2)  # warm every set
             for clients in (1, 2):
                 connections = [server.client() for _ in range(clients)]
 
@@ -190,6 +194,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=4, help="requests per throughput measurement (default 4)")
     parser.add_argument("--only", default="ready,memory,latency,throughput", help="tables to measure")
     args = parser.parse_args()
+    args.model = args.model.resolve()  # the graph is written in a temporary folder: models_path must be absolute
     if not (args.model / "model_index.json").is_file():
         print(f"no model at {args.model}; run `make bench-model`", file=sys.stderr)
         return 1
